@@ -1,0 +1,71 @@
+"""Runs inside the job's child process: resolve the allowed class, call the method, report the outcome.
+
+Started as `python -m spoold.child SPEC.json` with the config's folder as its working directory. It
+never opens the spool: the job arrives as a copy, the outcome leaves as a file the daemon reads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from spoold.allowlist import JobNotFound, check_allowed, resolve_class
+from spoold.errors import JobRejected
+
+
+def _report(path: Path, outcome: dict[str, Any]) -> None:
+    staged = path.with_suffix(".part")
+    staged.write_text(json.dumps(outcome), encoding="utf-8")
+    os.replace(staged, path)
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    return {"status": "failure",
+            "error": {"type": type(exc).__name__, "message": str(exc),
+                      "traceback": "".join(traceback.format_exception(exc))},
+            "mro": [cls.__name__ for cls in type(exc).__mro__]}
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """The job's outcome as a JSON-ready dict: success with result, failure with error, or not_found."""
+    sys.path.insert(0, spec["root"])
+    class_name, method_name, params = spec["class"], spec["method"], spec["params"]
+    try:
+        check_allowed({class_name: spec["allowed_methods"]}, class_name, method_name)
+        cls = resolve_class(spec["namespace"], class_name)
+        method = getattr(cls, method_name, None)
+        if not callable(method):
+            raise JobNotFound(f"{spec['namespace']}.{class_name} has no method {method_name!r}")
+    except JobNotFound as e:
+        return {"status": "not_found", "message": str(e)}
+    except JobRejected as e:
+        return {"status": "not_found", "message": str(e)}
+    except BaseException as e:  # an error raised while importing the job's module is a failed run
+        return _error(e)
+    try:
+        bound = getattr(cls(), method_name)
+        prefix = [spec["previous_result"]] if "previous_result" in spec else []  # a chain step (SPEC §5)
+        result = bound(*prefix, **params) if isinstance(params, dict) else bound(*prefix, *params)
+        json.dumps(result)
+    except BaseException as e:  # the job's own failure, whatever it is, is reported, not raised
+        return _error(e)
+    return {"status": "success", "result": result}
+
+
+def main() -> None:
+    spec_path = Path(sys.argv[1])
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    outcome = run(spec)
+    _report(Path(spec["result_path"]), outcome)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # os._exit: threads the job left running must not keep the child (and its slot) alive.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The `spoold` command, `python -m spoold` and `run_job.py` (SPEC §6). Only this module sets up logging."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from spoold.config import CONFIG_NAME, Config, find_config, load_config
+from spoold.errors import ConfigError, SpoolWriteError, SubmitError
+from spoold.paths import JOB_SUFFIX, SpoolPaths
+
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1
+EXIT_USAGE = 2
+EXIT_SPOOL = 3
+WAIT_POLL_SECONDS = 0.05
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="F", help=f"path to {CONFIG_NAME} (else $BGJOBS_CONFIG, else found upwards)")
+
+
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("class_name", metavar="CLASS")
+    parser.add_argument("method", metavar="METHOD")
+    parser.add_argument("params", metavar="PARAMS", nargs="?", default=None,
+                        help='"a,b" (strings) or a JSON array/object')
+    parser.add_argument("--priority", choices=("high", "medium", "low"))
+    parser.add_argument("--delay", type=float, metavar="S", help="do not start before S seconds from now")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--wait", action="store_true", help="block until done (exit 0) or failed (exit 1)")
+    mode.add_argument("--now", action="store_true", help="run it here, in a child, without a daemon")
+    _config_option(parser)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spoold", description="Background jobs as files in a spool folder.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    start = sub.add_parser("start", help="run the daemon in the foreground")
+    start.add_argument("--workers", type=int, metavar="N", help="jobs running at once (overrides the config)")
+    start.add_argument("--drain", action="store_true", help="exit once nothing is ready or running")
+    _config_option(start)
+    add_submit_arguments(sub.add_parser("submit", help="submit a job"))
+    init = sub.add_parser("init", help=f"write a commented default {CONFIG_NAME}")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    _config_option(init)
+    allow = sub.add_parser("allow", help="add CLASS and METHODs to [allowed_jobs]")
+    allow.add_argument("class_name", metavar="CLASS")
+    allow.add_argument("methods", metavar="METHOD", nargs="+")
+    _config_option(allow)
+    return parser
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"spoold: {message}", file=sys.stderr)
+    return code
+
+
+def wait_for(paths: SpoolPaths, job_id: str) -> int:
+    """Block until the job is in done/ (print its result) or failed/ (exit 1)."""
+    name = job_id + JOB_SUFFIX
+    while True:
+        for folder, code in (("done", EXIT_OK), ("failed", EXIT_JOB_FAILED), ("rejected", EXIT_USAGE)):
+            path = paths.folder(folder) / name
+            try:
+                doc = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                continue
+            return report(doc, code)
+        time.sleep(WAIT_POLL_SECONDS)
+
+
+def report(doc: dict[str, object], code: int) -> int:
+    if code == EXIT_OK:
+        print(json.dumps(doc.get("result"), ensure_ascii=False))
+    else:
+        error = doc.get("error") if isinstance(doc, dict) else None
+        if isinstance(error, dict):
+            print(f"job {doc.get('id')} failed: {error.get('type')}: {error.get('message')}", file=sys.stderr)
+        else:
+            print(f"job {doc.get('id')} was rejected", file=sys.stderr)
+    return code
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from spoold.submit import build_job, parse_cli_params, submit
+
+    config = load_config(find_config(args.config))
+    params = parse_cli_params(args.params)
+    if args.now:
+        from datetime import UTC, datetime
+
+        from spoold.nowrun import run_now
+
+        job, _folder = build_job(config, args.class_name, args.method, params, priority=args.priority,
+                                 delay=args.delay, chain=None, now=datetime.now(UTC))
+        print(job.id, flush=True)
+        code, final = run_now(config, job)
+        return report(final.doc, code)
+    submitted = submit(config, args.class_name, args.method, params, priority=args.priority, delay=args.delay)
+    print(submitted.job_id)
+    print(submitted.path, flush=True)
+    if args.wait:
+        return wait_for(SpoolPaths(config.spool_dir), submitted.job_id)
+    return EXIT_OK
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from spoold.daemon import Daemon
+
+    config: Config = load_config(find_config(args.config))
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(None, "--workers", f"expected an integer >= 1, got {args.workers}")
+    daemon = Daemon(config, drain=args.drain, workers=args.workers)
+    daemon.install_signals()
+    try:
+        return daemon.run()
+    except OSError as e:
+        raise SpoolWriteError(f"cannot use the spool {config.spool_dir}: {e}") from e
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from spoold.initfile import write_default_config
+
+    path = Path(args.config or CONFIG_NAME).absolute()
+    write_default_config(path, force=args.force)
+    print(f"wrote {path}")
+    return EXIT_OK
+
+
+def cmd_allow(args: argparse.Namespace) -> int:
+    from spoold.initfile import allow
+
+    path = find_config(args.config)
+    methods = allow(path, args.class_name, args.methods)
+    print(f"{args.class_name} = {list(methods)} in {path}")
+    return EXIT_OK
+
+
+COMMANDS = {"start": cmd_start, "submit": cmd_submit, "init": cmd_init, "allow": cmd_allow}
+
+
+def dispatch(args: argparse.Namespace) -> int:
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, SubmitError) as e:
+        return _fail(EXIT_USAGE, str(e))
+    except SpoolWriteError as e:
+        return _fail(EXIT_SPOOL, str(e))
+    except KeyboardInterrupt:
+        return _fail(EXIT_OK, "interrupted")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if args.command != "start":
+        logging.getLogger().setLevel(logging.WARNING)
+    return dispatch(args)
+
+
+def run_job_main(argv: Sequence[str] | None = None) -> int:
+    """`python run_job.py CLASS METHOD ["p1,p2"] [options]`: the same as `spoold submit`."""
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    parser = argparse.ArgumentParser(prog="run_job.py", description="Submit a background job.")
+    add_submit_arguments(parser)
+    args = parser.parse_args(argv)
+    args.command = "submit"
+    return dispatch(args)

@@ -1,0 +1,346 @@
+"""The daemon: one pass of the loop is one method, and run() only repeats it (STYLE, "The daemon loop").
+
+Signal handlers only record the signal; moves and logging happen in the loop. A bad job costs one
+file, never the daemon: each job is handled inside its own guard.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import FrameType
+
+from spoold.chain import hand_on_chain
+from spoold.config import Config, load_config
+from spoold.errors import ConfigError
+from spoold.index import ReadyIndex
+from spoold.intake import Claim, Deferred, Intake
+from spoold.job import Job, JobStatus
+from spoold.logs import EventLog
+from spoold.node import Node, open_node
+from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
+from spoold.paths import READY, SpoolPaths
+from spoold.recovery import recover_dead
+from spoold.runner import ChildProcess, Outcome, start_child
+from spoold.schedule import ScheduledIndex, due_time
+from spoold.transitions import LostClaim, Mover
+from spoold.watcher import Waker, Watcher
+
+log = logging.getLogger(__name__)
+SPOOL_RETRY_SECONDS = 1.0
+
+
+@dataclass
+class Running:
+    claim: Claim
+    child: ChildProcess
+
+
+@dataclass
+class PendingCommit:
+    """A finished job whose new state could not be written yet (disk full, I/O error): retried."""
+
+    job: Job
+    path: Path
+    settled: Settled
+    duration_ms: int | None
+    retry_at: float
+
+
+class Daemon:
+    def __init__(self, config: Config, *, drain: bool = False, workers: int | None = None) -> None:
+        self.config = config if workers is None else replace(config, workers=workers)
+        self.drain = drain
+        self.paths = SpoolPaths(config.spool_dir)
+        self.events = EventLog(config.log_dir)
+        self.mover = Mover(self.paths)
+        self.index = ReadyIndex(self.paths)
+        self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
+        self.waker = Waker()
+        self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker)
+        self.children: dict[str, Running] = {}
+        self.exited: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.pending: list[PendingCommit] = []
+        self.stop_requests = 0
+        self.reload_requested = False
+        self.grace_deadline: float | None = None
+        self.next_rescan = 0.0
+        self.hold_claims_until = 0.0
+        self.node: Node | None = None
+        self.intake: Intake | None = None
+        self.scratch = Path(tempfile.mkdtemp(prefix="spoold-"))
+
+    # -- life cycle --------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        self.paths.create()
+        self.node = open_node(self.paths, workers=self.config.workers)
+        self.intake = Intake(self.node, self.mover, self.events)
+        self.watcher.start()
+        log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        for running in self.children.values():
+            running.child.kill("Interrupted")
+        if self.node is not None:
+            self.node.close()
+        self.waker.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def install_signals(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_stop)
+        signal.signal(signal.SIGINT, self._on_stop)
+        if hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_reload)
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self.stop_requests += 1
+        self.waker.wake()
+
+    def _on_reload(self, signum: int, frame: FrameType | None) -> None:
+        self.reload_requested = True
+        self.waker.wake()
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (or, with --drain, until nothing is ready or running)."""
+        self.open()
+        try:
+            while True:
+                now = time.time()
+                self.loop_once(now)
+                if self.should_exit(now):
+                    break
+                self.waker.sleep(self.sleep_seconds(time.time()))
+        finally:
+            self.close()
+        log.info("spoold stopped")
+        return 0
+
+    # -- one pass ----------------------------------------------------------------------------------
+
+    def loop_once(self, now: float) -> None:
+        self.act_on_signals(now)
+        self.collect_finished(now)
+        self.retry_pending(now)
+        self.enforce_deadlines()
+        if now >= self.next_rescan:
+            self.rescan(now)
+        for path in self.watcher.take_hints():
+            self.index.hint(path)
+            self.scheduled.hint(path)
+        if self.grace_deadline is None:
+            self.promote_due(now)
+            self.start_ready(now)
+
+    def act_on_signals(self, now: float) -> None:
+        if self.reload_requested:
+            self.reload_requested = False
+            self.reload()
+        if self.stop_requests and self.grace_deadline is None:
+            self.grace_deadline = now + self.config.shutdown_grace_seconds
+            log.info("stopping: %d running job(s) get %gs to finish", len(self.children),
+                     self.config.shutdown_grace_seconds)
+        if self.stop_requests > 1 and self.grace_deadline is not None:
+            self.grace_deadline = min(self.grace_deadline, now)
+        if self.grace_deadline is not None and now >= self.grace_deadline:
+            for running in self.children.values():
+                running.child.kill("Interrupted")
+
+    def reload(self) -> None:
+        """SIGHUP: build the new Config first; a bad one is refused and the old one stays."""
+        try:
+            new = load_config(self.config.path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the old configuration: %s", e)
+            return
+        if new.spool_dir != self.config.spool_dir or new.log_dir != self.config.log_dir:
+            log.warning("spool_dir/log_dir changes need a restart; keeping %s", self.paths.root)
+            new = replace(new, spool_dir=self.config.spool_dir, log_dir=self.config.log_dir)
+        self.config = new
+        log.info("configuration reloaded from %s", new.path)
+
+    def rescan(self, now: float) -> None:
+        self.index.rescan(now)
+        self.scheduled.rescan()
+        self.next_rescan = now + self.config.rescan_seconds
+        if self.grace_deadline is None:
+            self.recover(now)
+
+    def recover(self, now: float) -> None:
+        assert self.intake is not None and self.node is not None
+        try:
+            recover_dead(self, now)
+        except OSError as e:
+            log.error("recovery of dead daemons failed, will retry: %s", e)
+
+    def has_free_slot(self, now: float) -> bool:
+        return now >= self.hold_claims_until and len(self.children) + len(self.pending) < self.config.workers
+
+    def start_ready(self, now: float) -> None:
+        assert self.intake is not None
+        while self.has_free_slot(now) and (item := self.index.pop(now)) is not None:
+            priority, name = item
+            try:
+                taken = self.intake.take(self.config, self.paths.ready(priority), name, now)
+                if isinstance(taken, Deferred):
+                    self.index.defer(priority, name, taken.until)
+                elif taken is not None:
+                    self.start(taken, now)
+            except OSError as e:
+                log.error("cannot claim %s/%s: %s", priority, name, e)
+                self.hold_claims_until = now + SPOOL_RETRY_SECONDS
+            except Exception:
+                log.exception("unexpected error with %s/%s; the daemon goes on", priority, name)
+
+    def promote_due(self, now: float) -> None:
+        """scheduled/ -> its ready folder, for every job now due."""
+        assert self.intake is not None
+        while (name := self.scheduled.pop_due(now)) is not None:
+            try:
+                taken = self.intake.take(self.config, self.paths.scheduled, name, now)
+                if isinstance(taken, Deferred):
+                    self.scheduled.note(name, taken.until)
+                elif taken is not None:
+                    self.promote(taken, now)
+            except OSError as e:
+                log.error("cannot promote scheduled/%s: %s", name, e)
+                self.scheduled.note(name, now + SPOOL_RETRY_SECONDS)
+            except Exception:
+                log.exception("unexpected error with scheduled/%s; the daemon goes on", name)
+
+    def promote(self, claim: Claim, now: float) -> None:
+        job = claim.job
+        due = due_time(job.doc, 0.0)
+        if due > now:  # changed by hand meanwhile: back to waiting
+            self.write(job, claim.path, Settled("scheduled", ""), None, now)
+            return
+        job.doc.pop("run_at", None)
+        job.doc.pop("delay_seconds", None)
+        if job.doc.get("status") == JobStatus.SCHEDULED:
+            job.doc["status"] = JobStatus.READY.value
+        self.write(job, claim.path, Settled(ready_folder(job, self.config), ""), None, now)
+
+    def start(self, claim: Claim, now: float) -> None:
+        """Run a claimed job in a child, unless it is not due yet (then it waits in scheduled/)."""
+        job = claim.job
+        due = due_time(job.doc, 0.0)
+        if due > now:
+            job.doc["run_at"] = iso(due)
+            job.doc["status"] = JobStatus.SCHEDULED.value
+            self.write(job, claim.path, Settled("scheduled", ""), None, now)
+            return
+        begin_run(job, now)
+        limit = self.config.max_execution_time
+        timeout = min(float(job.doc.get("timeout_seconds", limit)), limit)
+        try:
+            child = start_child(job, self.config, self.scratch / job.id, self.on_exit,
+                                allowed_methods=self.config.allowed_jobs[job.class_name], timeout=timeout)
+        except OSError as e:
+            log.error("job=%s cannot start a child (%s); putting it back", job.id, e)
+            self.mover.write_back(claim.path, self.paths.ready(claim.source) / claim.path.name)
+            self.hold_claims_until = now + SPOOL_RETRY_SECONDS
+            return
+        self.children[job.id] = Running(claim, child)
+        self.events.event("started", job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts)
+
+    def on_exit(self, job_id: str) -> None:
+        """Called from a waiter thread: hand the id to the loop and wake it."""
+        self.exited.put(job_id)
+        self.waker.wake()
+
+    def enforce_deadlines(self) -> None:
+        mono = time.monotonic()
+        for running in self.children.values():
+            if running.child.killed_for is None and mono >= running.child.deadline:
+                log.info("job=%s past its time limit of %gs: killing its process group",
+                         running.claim.job.id, running.child.timeout)
+                running.child.kill("Timeout")
+
+    def collect_finished(self, now: float) -> None:
+        while True:
+            try:
+                job_id = self.exited.get_nowait()
+            except queue.Empty:
+                return
+            running = self.children.pop(job_id, None)
+            if running is None:
+                continue
+            try:
+                outcome = running.child.outcome()
+                running.child.cleanup()
+                self.finish(running.claim, outcome, running.child.pid, now)
+            except Exception:
+                log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
+
+    def finish(self, claim: Claim, outcome: Outcome, pid: int, now: float) -> None:
+        assert self.node is not None and self.intake is not None
+        job = claim.job
+        if outcome.status == "not_found":
+            reason = outcome.error["message"] if outcome.error else "class or method not found"
+            self.intake.reject(claim.path, reason)
+            return
+        settled = settle_run(job, outcome, self.config, node=self.node.id, pid=pid, now=now)
+        if settled.folder == "done" and job.chain:
+            hand_on_chain(self.mover, self.config, job, now)
+        self.write(job, claim.path, settled, outcome.duration_ms, now)
+
+    def write(self, job: Job, path: Path, settled: Settled, duration_ms: int | None, now: float) -> None:
+        """Commit the job's new state and log it; a spool that cannot be written is retried, not failed."""
+        try:
+            target = self.mover.commit(job, path, settled.folder)
+        except LostClaim as e:
+            log.warning("%s", e)
+            return
+        except OSError as e:
+            log.error("job=%s cannot write the spool (%s); retrying in %gs", job.id, e, SPOOL_RETRY_SECONDS)
+            self.pending.append(PendingCommit(job, path, settled, duration_ms, now + SPOOL_RETRY_SECONDS))
+            return
+        if settled.folder == "scheduled":
+            self.scheduled.note(target.name, due_time(job.doc, 0.0))
+        if settled.log_status:
+            self.events.event(settled.log_status, job=job.id, class_=job.class_name, method=job.method,
+                              attempt=job.attempts, duration_ms=duration_ms, error=settled.error_type,
+                              detail=settled.detail)
+
+    def retry_pending(self, now: float) -> None:
+        due = [p for p in self.pending if p.retry_at <= now]
+        self.pending = [p for p in self.pending if p.retry_at > now]
+        for item in due:
+            self.write(item.job, item.path, item.settled, item.duration_ms, now)
+
+    # -- when to stop, how long to sleep -----------------------------------------------------------
+
+    def is_idle(self, now: float) -> bool:
+        due = self.scheduled.next_due()
+        return not self.children and not self.pending and len(self.index) == 0 and (due is None or due > now)
+
+    def should_exit(self, now: float) -> bool:
+        if self.grace_deadline is not None:
+            return not self.children and not self.pending
+        if self.drain and self.is_idle(now):
+            self.rescan(now)  # events are hints: look once more before leaving
+            for path in self.watcher.take_hints():
+                self.index.hint(path)
+            return self.is_idle(now)
+        return False
+
+    def sleep_seconds(self, now: float) -> float:
+        wake_at = [self.next_rescan]
+        if self.has_free_slot(now) or self.hold_claims_until > now:
+            wake_at += [t for t in (self.index.next_due(), self.scheduled.next_due(), self.hold_claims_until) if t]
+        wake_at += [p.retry_at for p in self.pending]
+        if self.grace_deadline is not None:
+            wake_at.append(self.grace_deadline)
+        mono = time.monotonic()
+        wake_at += [now + (r.child.deadline - mono) for r in self.children.values() if r.child.killed_for is None]
+        if os.name != "posix" and self.children:
+            wake_at.append(now + 0.05)
+        return max(0.0, min(min(wake_at) - now, self.config.rescan_seconds))

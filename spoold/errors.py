@@ -1,0 +1,30 @@
+"""The project's exceptions: one base class, one class per way things go wrong."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class SpooldError(Exception):
+    """Base class of every error spoold raises on purpose."""
+
+
+class ConfigError(SpooldError):
+    """Raised when bgjobs.toml cannot be found, read or has a bad key; nothing starts."""
+
+    def __init__(self, path: Path | None, key: str, problem: str) -> None:
+        where = f"{path}: " if path is not None else ""
+        super().__init__(f"{where}{key}: {problem}" if key else f"{where}{problem}")
+        self.path, self.key, self.problem = path, key, problem
+
+
+class JobRejected(SpooldError):
+    """Raised when a job document is invalid; str() is the one line written to ID.reason."""
+
+
+class SubmitError(SpooldError, ValueError):
+    """Raised when run_background_job() refuses a job; nothing was written."""
+
+
+class SpoolWriteError(SpooldError):
+    """Raised when the spool cannot be written (disk full, permissions, I/O error)."""

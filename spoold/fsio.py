@@ -1,0 +1,91 @@
+"""Durable file moves: tmp-write + fsync, no-replace publish, directory fsync (notes R1, R2, R5)."""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import stat
+from pathlib import Path
+
+# link() is how POSIX gives a rename that never replaces; some filesystems (FAT, some FUSE) lack it.
+_NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename into `folder` survive a power loss; Windows cannot open folders, so it skips."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str = "") -> Path:
+    """Write `data` to a fresh file in tmp/ (O_EXCL), fsynced and closed before anyone can see it."""
+    path = tmp_dir / f".{prefix}{secrets.token_hex(8)}.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        if durable:
+            os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+    return path
+
+
+def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> None:
+    """Move src to dst, raising FileExistsError rather than replacing anything at dst (notes R1)."""
+    if os.name == "posix":
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except OSError as e:
+            if e.errno not in _NO_LINK:
+                raise
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
+            os.rename(src, dst)
+        else:
+            os.unlink(src)
+    else:
+        os.rename(src, dst)  # Windows never replaces with rename
+    if durable:
+        fsync_dir(dst.parent)
+
+
+def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True) -> None:
+    """Write `data` as the new file `dst`: staged in tmp/, fsynced, then moved in without replacing."""
+    staged = write_tmp(tmp_dir, data, durable=durable)
+    try:
+        move_no_replace(staged, dst, durable=durable)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+
+
+def read_bounded(path: Path, limit: int) -> bytes:
+    """Read a regular file without following a symlink or blocking on a FIFO; ValueError past `limit`."""
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise IsADirectoryError(errno.EINVAL, "not a regular file", str(path))
+        if info.st_size > limit:
+            raise ValueError(f"too large: {info.st_size} bytes > max_job_bytes {limit}")
+        chunks, size = [], 0
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"too large: more than max_job_bytes {limit} bytes")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

@@ -1,0 +1,133 @@
+"""Taking a file out of a ready folder (or scheduled/): checks, the settle wait, the claim, validation.
+
+The claim is one rename into our own running/DAEMON/ folder: of all daemons, exactly one rename wins
+(notes §3). A file that is not a valid job yet may still be being written by hand, so it is rejected
+only once it has not changed for `settle_seconds` (SPEC §2).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+from spoold.allowlist import check_allowed
+from spoold.config import Config
+from spoold.errors import JobRejected
+from spoold.fsio import read_bounded
+from spoold.job import Job, parse_job
+from spoold.logs import EventLog
+from spoold.node import Node
+from spoold.paths import JOB_SUFFIX, id_from_name, new_job_id
+from spoold.transitions import Mover
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Claim:
+    """A job now in our running/DAEMON/ folder, parsed and allowed."""
+
+    job: Job
+    path: Path
+    source: str
+
+
+@dataclass(frozen=True)
+class Deferred:
+    """Not settled yet: look again at `until`."""
+
+    until: float
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def parse_allowed(config: Config, data: bytes, job_id: str) -> Job:
+    """parse_job plus the allowlist, for the job and every chain step."""
+    job = parse_job(data, job_id)
+    check_allowed(config.allowed_jobs, job.class_name, job.method)
+    for step in job.chain:
+        check_allowed(config.allowed_jobs, step["class"], step.get("method", "handle"))
+    return job
+
+
+def _read_job(config: Config, path: Path, job_id: str) -> Job:
+    try:
+        data = read_bounded(path, config.max_job_bytes)
+    except ValueError as e:
+        raise JobRejected(str(e)) from e
+    except PermissionError as e:
+        raise JobRejected("cannot be read: permission denied") from e
+    except OSError as e:
+        raise JobRejected(f"cannot be read: {e.strerror or e}") from e
+    return parse_allowed(config, data, job_id)
+
+
+class Intake:
+    def __init__(self, node: Node, mover: Mover, events: EventLog) -> None:
+        self.node, self.mover, self.events = node, mover, events
+
+    def reject(self, path: Path, reason: str) -> None:
+        job_id = self.mover.reject(path, reason)
+        self.events.event("rejected", job=job_id, detail=reason, reason=reason)
+        log.info("job=%s rejected: %s", job_id, reason)
+
+    def take(self, config: Config, folder: Path, name: str, now: float) -> Claim | Deferred | None:
+        """Claim `folder/name`; None when there is nothing to run (gone, a folder, or rejected)."""
+        path = folder / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            return None
+        if stat.S_ISDIR(info.st_mode):
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            self.reject(path, f"{_kind(info.st_mode)}, not a job file; never opened")
+            return None
+        settles_at = info.st_mtime + config.settle_seconds
+        job_id = id_from_name(name) or new_job_id()
+        if settles_at > now:
+            try:
+                _read_job(config, path, job_id)
+            except JobRejected:
+                return Deferred(settles_at)  # maybe still being written: not run, not rejected
+        target = self.node.folder / (job_id + JOB_SUFFIX)
+        if os.path.lexists(target):
+            job_id = new_job_id()
+            target = self.node.folder / (job_id + JOB_SUFFIX)
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:
+            return None  # another daemon (or a person) took it first
+        return self._check_claimed(config, folder, name, target, job_id, now)
+
+    def _check_claimed(self, config: Config, folder: Path, name: str, target: Path, job_id: str,
+                       now: float) -> Claim | Deferred | None:
+        try:
+            job = _read_job(config, target, job_id)
+        except JobRejected as e:
+            mtime = os.lstat(target).st_mtime
+            if mtime + config.settle_seconds > now:
+                self.mover.write_back(target, folder / name)  # changed under us: let it settle first
+                return Deferred(mtime + config.settle_seconds)
+            self.reject(target, str(e))
+            return None
+        if job_id + JOB_SUFFIX != name:
+            job.doc["source_name"] = name
+        if self.mover.id_taken(job_id):
+            job.doc.setdefault("source_name", name)
+            job.id = new_job_id()
+            fresh = self.node.folder / (job.id + JOB_SUFFIX)
+            os.rename(target, fresh)
+            target = fresh
+        return Claim(job, target, folder.name)

@@ -1,0 +1,127 @@
+"""A daemon's identity in the spool: its own running/DAEMON/ folder and the filelock it holds for life.
+
+A lock that no live process holds means the owner died (SPEC §2). The folder is made under a hidden
+name and renamed into place with the lock already held, so no one ever sees it unlocked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from filelock import FileLock, Timeout
+
+from spoold.paths import SpoolPaths, is_job_name
+
+log = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+INFO_NAME = ".info"
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
+
+
+def _lock(path: Path) -> FileLock:
+    # preserve_lock_file: deleting a lock path that others may hold open gives two holders (notes L2).
+    return FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True)
+
+
+@dataclass
+class Node:
+    """One daemon (or one `--now` run): id, folder, and the lock held while it lives."""
+
+    id: str
+    folder: Path
+    lock: FileLock
+
+    def job_files(self) -> list[Path]:
+        return [p for p in self.folder.iterdir() if is_job_name(p.name)]
+
+    def close(self) -> None:
+        """Leave the spool: remove the folder if no job is left in it, then release the lock."""
+        try:
+            if not self.job_files():
+                (self.folder / INFO_NAME).unlink(missing_ok=True)
+                (self.folder / LOCK_NAME).unlink(missing_ok=True)
+                self.folder.rmdir()
+        except OSError as e:
+            log.warning("node=%s cannot remove %s: %s", self.id, self.folder, e)
+        self.lock.release(force=True)
+
+
+def open_node(paths: SpoolPaths, *, workers: int, kind: str = "") -> Node:
+    """Create running/HOST-PID-XXXX/, locked before it becomes visible, with a .info for `status`."""
+    node_id = f"{kind}{_host()}-{os.getpid()}-{secrets.token_hex(3)}"
+    paths.running.mkdir(parents=True, exist_ok=True)
+    staging = paths.running / f".new-{node_id}"
+    staging.mkdir()
+    lock = _lock(staging / LOCK_NAME)
+    lock.acquire()
+    info = {"id": node_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "started_at": datetime.now(UTC).isoformat(), "workers": workers}
+    (staging / INFO_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
+    folder = paths.running_of(node_id)
+    os.rename(staging, folder)
+    return Node(node_id, folder, lock)
+
+
+def read_info(folder: Path) -> dict[str, object]:
+    try:
+        value = json.loads((folder / INFO_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"id": folder.name}
+    return value if isinstance(value, dict) else {"id": folder.name}
+
+
+def try_lock_dead(folder: Path) -> FileLock | None:
+    """The lock of a dead daemon's folder, now held by us; None while its owner lives."""
+    if not (folder / LOCK_NAME).exists():
+        return _lock(folder / LOCK_NAME) if folder.is_dir() else None
+    lock = _lock(folder / LOCK_NAME)
+    try:
+        lock.acquire()
+    except Timeout:
+        return None
+    except OSError as e:
+        log.warning("cannot probe the lock of %s: %s", folder, e)
+        return None
+    return lock
+
+
+def is_alive(folder: Path) -> bool:
+    lock = try_lock_dead(folder)
+    if lock is None:
+        return folder.is_dir()
+    lock.release(force=True)
+    return False
+
+
+def other_nodes(paths: SpoolPaths, own_id: str) -> list[Path]:
+    """Every daemon folder in running/ except ours and folders still being made."""
+    try:
+        entries = list(os.scandir(paths.running))
+    except FileNotFoundError:
+        return []
+    return [Path(e.path) for e in entries
+            if e.is_dir(follow_symlinks=False) and not e.name.startswith(".") and e.name != own_id]
+
+
+def remove_dead_folder(folder: Path, lock: FileLock) -> None:
+    """Drop an emptied dead daemon's folder; its lock goes last, with the folder."""
+    try:
+        if not any(is_job_name(name) for name in os.listdir(folder)):
+            shutil.rmtree(folder)
+    except OSError as e:
+        log.warning("cannot remove dead daemon folder %s: %s", folder, e)
+    finally:
+        lock.release(force=True)

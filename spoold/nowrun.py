@@ -1,0 +1,86 @@
+"""`--now`: run one job here, in a child, with the daemon's allowlist, time limit, retries and logs.
+
+The job's file goes through the spool like any other: it waits in this run's own locked
+running/ folder and ends in done/ or failed/. Interrupted, it is put back for a daemon to run.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+from spoold.chain import hand_on_chain
+from spoold.config import Config
+from spoold.job import Job
+from spoold.logs import EventLog
+from spoold.node import open_node
+from spoold.outcomes import begin_run, ready_folder, settle_run
+from spoold.paths import JOB_SUFFIX, SpoolPaths
+from spoold.runner import ChildProcess, Outcome, start_child
+from spoold.schedule import due_time
+from spoold.transitions import Mover
+
+
+def _run_once(job: Job, config: Config, scratch_root: Path) -> tuple[Outcome, ChildProcess]:
+    done = threading.Event()
+    limit = config.max_execution_time
+    timeout = min(float(job.doc.get("timeout_seconds", limit)), limit)
+    child = start_child(job, config, scratch_root / f"{job.id}-{job.attempts}", lambda _id: done.set(),
+                        allowed_methods=config.allowed_jobs[job.class_name], timeout=timeout)
+    try:
+        if not done.wait(timeout):
+            child.kill("Timeout")
+            done.wait()
+    except BaseException:
+        child.kill("Interrupted")
+        done.wait()
+        raise
+    outcome = child.outcome()
+    child.cleanup()
+    return outcome, child
+
+
+def run_now(config: Config, job: Job) -> tuple[int, Job]:
+    """Run `job` to its end; returns (0 done | 1 failed | 2 rejected, the final document)."""
+    paths = SpoolPaths(config.spool_dir)
+    paths.create()
+    mover, events = Mover(paths), EventLog(config.log_dir)
+    node = open_node(paths, workers=1, kind="now-")
+    claimed = node.folder / (job.id + JOB_SUFFIX)
+    mover.write(job, f"running/{node.id}")
+    scratch = Path(tempfile.mkdtemp(prefix="spoold-now-"))
+    try:
+        while True:
+            wait = due_time(job.doc, 0.0) - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            job.doc.pop("run_at", None)
+            job.doc.pop("delay_seconds", None)
+            begin_run(job, time.time())
+            events.event("started", job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts)
+            outcome, child = _run_once(job, config, scratch)
+            now = time.time()
+            if outcome.status == "not_found":
+                reason = outcome.error["message"] if outcome.error else "not found"
+                job_id = mover.reject(claimed, reason)
+                events.event("rejected", job=job_id, detail=reason, reason=reason)
+                return 2, job
+            settled = settle_run(job, outcome, config, node=node.id, pid=child.pid, now=now)
+            events.event(settled.log_status, job=job.id, class_=job.class_name, method=job.method,
+                         attempt=job.attempts, duration_ms=outcome.duration_ms, error=settled.error_type,
+                         detail=settled.detail)
+            if settled.folder in ("done", "failed"):
+                if settled.folder == "done" and job.chain:
+                    hand_on_chain(mover, config, job, now)
+                mover.commit(job, claimed, settled.folder)
+                return (0 if settled.folder == "done" else 1), job
+    except BaseException:
+        if claimed.exists():  # interrupted: leave it ready for a daemon, never lost
+            job.doc["status"] = "ready"
+            mover.commit(job, claimed, ready_folder(job, config))
+        raise
+    finally:
+        node.close()
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -1,0 +1,108 @@
+"""Folder and file names of a spool: the one place that knows the layout of SPEC §2."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+READY = ("high", "medium", "low")
+STATE_FOLDERS = ("tmp", *READY, "scheduled", "running", "done", "failed", "rejected")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+JOB_SUFFIX = ".json"
+REASON_SUFFIX = ".reason"
+
+
+def new_job_id(now: datetime | None = None) -> str:
+    """Sortable by submission time, unique by a random tail: 20261128-192615-123456-3f9a1c2b."""
+    moment = (now or datetime.now(UTC)).astimezone(UTC)
+    return f"{moment:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(4)}"
+
+
+def is_job_name(name: str) -> bool:
+    """True for names the daemon treats as jobs: `*.json`, not hidden (SPEC §2, notes S3)."""
+    return name.endswith(JOB_SUFFIX) and not name.startswith(".") and len(name) > len(JOB_SUFFIX)
+
+
+def is_valid_id(job_id: str) -> bool:
+    return ID_PATTERN.fullmatch(job_id) is not None
+
+
+def id_from_name(name: str) -> str | None:
+    """The id a file name gives (`foo.json` -> `foo`), or None when it is not a valid id."""
+    if not is_job_name(name):
+        return None
+    job_id = name[: -len(JOB_SUFFIX)]
+    return job_id if is_valid_id(job_id) else None
+
+
+@dataclass(frozen=True)
+class SpoolPaths:
+    """The folders of one spool; every path the project builds comes from here."""
+
+    root: Path
+
+    def folder(self, name: str) -> Path:
+        return self.root / name
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / "tmp"
+
+    @property
+    def scheduled(self) -> Path:
+        return self.root / "scheduled"
+
+    @property
+    def running(self) -> Path:
+        return self.root / "running"
+
+    @property
+    def done(self) -> Path:
+        return self.root / "done"
+
+    @property
+    def failed(self) -> Path:
+        return self.root / "failed"
+
+    @property
+    def rejected(self) -> Path:
+        return self.root / "rejected"
+
+    def ready(self, priority: str) -> Path:
+        return self.root / priority
+
+    def running_of(self, daemon_id: str) -> Path:
+        return self.running / daemon_id
+
+    @staticmethod
+    def job_name(job_id: str) -> str:
+        return job_id + JOB_SUFFIX
+
+    def job_file(self, folder: str, job_id: str) -> Path:
+        return self.root / folder / (job_id + JOB_SUFFIX)
+
+    def reason_file(self, job_id: str) -> Path:
+        return self.rejected / (job_id + REASON_SUFFIX)
+
+    def create(self) -> None:
+        """Create every state folder; the daemon does this at start (notes W5)."""
+        for name in STATE_FOLDERS:
+            (self.root / name).mkdir(parents=True, exist_ok=True)
+
+    def find_job(self, job_id: str) -> Path | None:
+        """Where the job with this id is now, searching every state folder (and day shards)."""
+        name = job_id + JOB_SUFFIX
+        for folder in (*READY, "scheduled", "done", "failed", "rejected"):
+            path = self.root / folder / name
+            if path.exists():
+                return path
+        for folder in (self.running, self.done, self.failed):
+            if not folder.is_dir():
+                continue
+            for sub in folder.iterdir():
+                if sub.is_dir() and (sub / name).exists():
+                    return sub / name
+        return None

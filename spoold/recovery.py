@@ -1,0 +1,65 @@
+"""Requeueing the jobs of daemons that died (SPEC §2): their lock is free, so their folder is ours to empty.
+
+Each orphan is first claimed by a rename into our own folder, so two daemons recovering the same dead
+one never both requeue a job (notes case 29). A copy whose id already stands in a later state is the
+leftover of a crash between two steps of a commit, and is dropped (precedence done/failed > ready > running).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from spoold.intake import Claim
+from spoold.node import other_nodes, remove_dead_folder, try_lock_dead
+from spoold.outcomes import settle_orphan
+from spoold.paths import id_from_name, is_job_name
+
+if TYPE_CHECKING:
+    from spoold.daemon import Daemon
+
+log = logging.getLogger(__name__)
+
+
+def recover_dead(daemon: Daemon, now: float) -> int:
+    """Requeue every job of every dead daemon's folder; returns how many were requeued or failed."""
+    assert daemon.node is not None
+    count = 0
+    for folder in other_nodes(daemon.paths, daemon.node.id):
+        lock = try_lock_dead(folder)
+        if lock is None:
+            continue
+        try:
+            for name in sorted(os.listdir(folder)):
+                if is_job_name(name):
+                    count += _adopt(daemon, folder, name, now)
+        finally:
+            remove_dead_folder(folder, lock)
+    return count
+
+
+def _adopt(daemon: Daemon, folder: Path, name: str, now: float) -> int:
+    assert daemon.intake is not None and daemon.node is not None
+    path = folder / name
+    job_id = id_from_name(name)
+    if job_id is not None and daemon.mover.id_taken(job_id):
+        log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
+        path.unlink(missing_ok=True)
+        return 0
+    try:
+        started = os.lstat(path).st_ctime
+    except FileNotFoundError:
+        return 0
+    taken = daemon.intake.take(daemon.config, folder, name, now)
+    if not isinstance(taken, Claim):
+        return 0
+    job = taken.job
+    settled = settle_orphan(job, daemon.config, node=folder.name, started=started, now=now)
+    daemon.events.event("recovered", job=job.id, class_=job.class_name, method=job.method,
+                        attempt=job.attempts, error="Orphaned", detail=f"its daemon {folder.name} died while it ran")
+    if settled.log_status == "retrying":
+        settled = type(settled)(settled.folder, "")  # the recovered line ends this run (SPEC §8)
+    daemon.write(job, taken.path, settled, None, now)
+    return 1

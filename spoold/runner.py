@@ -1,0 +1,188 @@
+"""A job's child process: started in its own process group, waited on by a thread, killed past its limit.
+
+A fresh interpreter per job (`python -m spoold.child`) is portable and never inherits the daemon's lock,
+threads or open spool files (notes L5). Killing the whole group takes grandchildren too (notes S5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from spoold.config import Config
+from spoold.job import Job
+
+log = logging.getLogger(__name__)
+
+OUTPUT_TAIL_BYTES = 4096
+OutcomeStatus = Literal["success", "failure", "not_found", "interrupted"]
+
+
+@dataclass
+class Outcome:
+    """How a run ended, as the daemon records it in the job's history."""
+
+    status: OutcomeStatus
+    result: Any = None
+    error: dict[str, str] | None = None
+    error_mro: tuple[str, ...] = ()
+    output: str = ""
+    returncode: int | None = None
+    duration_ms: int = 0
+
+    @property
+    def error_type(self) -> str | None:
+        return self.error["type"] if self.error else None
+
+
+def _error(kind: str, message: str) -> dict[str, str]:
+    return {"type": kind, "message": message, "traceback": ""}
+
+
+@dataclass
+class ChildProcess:
+    """One running job. `on_exit(job_id)` is called from the waiter thread once the child has exited."""
+
+    job: Job
+    timeout: float
+    proc: subprocess.Popen[bytes]
+    scratch: Path
+    started: float
+    deadline: float
+    killed_for: str | None = None
+    exited: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def kill(self, reason: str) -> None:
+        """Kill the child and everything it started; `reason` (Timeout, Interrupted, Cancelled) is kept."""
+        self.killed_for = self.killed_for or reason
+        _kill_group(self.proc)
+
+    def outcome(self) -> Outcome:
+        """Read what the child reported; call once it has exited."""
+        duration_ms = int((time.monotonic() - self.started) * 1000)
+        output = _tail(self.scratch / "out")
+        code = self.proc.returncode
+        reported = _read_json(self.scratch / "result.json")
+        if self.killed_for == "Timeout":
+            outcome = Outcome("failure", error=_error("Timeout", f"killed after the time limit of {self.timeout:g}s"),
+                              error_mro=("Timeout",))
+        elif self.killed_for in ("Interrupted", "Cancelled"):
+            outcome = Outcome("interrupted", error=_error(self.killed_for, "stopped by the daemon"))
+        elif reported is not None:
+            outcome = _from_report(reported)
+        elif code is not None and code < 0:
+            name = _signal_name(-code)
+            outcome = Outcome("failure", error=_error("Crashed", f"the child died by {name}"), error_mro=("Crashed",))
+        else:
+            outcome = Outcome("failure", error=_error("Crashed", f"the child exited with code {code} without a result"),
+                              error_mro=("Crashed",))
+        outcome.output, outcome.returncode, outcome.duration_ms = output, code, duration_ms
+        return outcome
+
+    def cleanup(self) -> None:
+        for name in ("spec.json", "out", "result.json", "result.part"):
+            (self.scratch / name).unlink(missing_ok=True)
+        try:
+            self.scratch.rmdir()
+        except OSError:
+            pass
+
+
+def _from_report(reported: dict[str, Any]) -> Outcome:
+    status = reported.get("status")
+    if status == "success":
+        return Outcome("success", result=reported.get("result"))
+    if status == "not_found":
+        return Outcome("not_found", error=_error("JobNotFound", str(reported.get("message"))))
+    error = reported.get("error") or {}
+    return Outcome("failure", error={"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
+                                     "traceback": str(error.get("traceback", ""))},
+                   error_mro=tuple(reported.get("mro") or (error.get("type", "Error"),)))
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _tail(path: Path) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - OUTPUT_TAIL_BYTES))
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    if os.name == "posix":
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    else:
+        proc.kill()
+
+
+def _wait(child: ChildProcess, on_exit: Callable[[str], None]) -> None:
+    """Waiter thread: on POSIX, see the exit without reaping, kill leftover grandchildren, then reap."""
+    proc = child.proc
+    if os.name == "posix":
+        try:
+            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
+        except ChildProcessError:
+            pass
+        _kill_group(proc)  # the zombie leader keeps the group id from being reused meanwhile
+    proc.wait()
+    child.exited.set()
+    on_exit(child.job.id)
+
+
+def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str], None], *,
+                allowed_methods: tuple[str, ...], timeout: float) -> ChildProcess:
+    """Start `python -m spoold.child` for one job; raises OSError if the process cannot start."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    spec: dict[str, Any] = {"class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
+            "root": str(config.root), "allowed_methods": list(allowed_methods),
+            "result_path": str(scratch / "result.json")}
+    if "previous_result" in job.doc:
+        spec["previous_result"] = job.doc["previous_result"]
+    (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
+    env = dict(os.environ, SPOOLD_LOG_DIR=str(config.log_dir), SPOOLD_JOB_ID=job.id,
+               SPOOLD_ATTEMPT=str(job.attempts))
+    with (scratch / "out").open("wb") as out:
+        kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
+            "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+        proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(scratch / "spec.json")],
+                                cwd=config.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+    now = time.monotonic()
+    child = ChildProcess(job, timeout, proc, scratch, started=now, deadline=now + timeout)
+    threading.Thread(target=_wait, args=(child, on_exit), name=f"wait-{job.id}", daemon=True).start()
+    return child

@@ -1,0 +1,130 @@
+"""Submitting a job (SPEC §6, §7): check it, write it to tmp/, fsync, move it into its folder.
+
+Imports neither the job's code nor watchdog, so a web request pays only for a small file write.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from spoold.allowlist import check_allowed
+from spoold.config import Config, find_config, load_config
+from spoold.errors import JobRejected, SpoolWriteError, SubmitError
+from spoold.fsio import publish
+from spoold.job import PRIORITIES, Job, JobStatus, dump_job, validate_document
+from spoold.paths import SpoolPaths, new_job_id
+
+
+def parse_cli_params(text: str | None) -> list[Any] | dict[str, Any]:
+    """`"a,b"` -> ["a", "b"]; an argument starting with `[` or `{` is JSON (SPEC §6)."""
+    if text is None or text == "":
+        return []
+    if text.lstrip().startswith(("[", "{")):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise SubmitError(f"params: bad JSON: {e.msg} at column {e.colno}") from e
+        if not isinstance(value, list | dict):
+            raise SubmitError("params: expected a JSON array or object")
+        return value
+    return text.split(",")
+
+
+def check_job(config: Config, doc: dict[str, Any]) -> None:
+    """Everything the daemon would reject, refused up front: schema, allowlist, chain steps, size."""
+    try:
+        validate_document(doc)
+        check_allowed(config.allowed_jobs, doc["class"], doc.get("method", "handle"))
+        for step in doc.get("chain", []):
+            check_allowed(config.allowed_jobs, step["class"], step.get("method", "handle"))
+    except JobRejected as e:
+        raise SubmitError(f"{e} (config: {config.path})") from e
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job_id: str
+    path: Path
+
+
+def build_job(config: Config, class_name: str, method: str, params: Any, *, priority: str | None,
+              delay: float | None, chain: Sequence[dict[str, Any]] | None, now: datetime) -> tuple[Job, str]:
+    """The job document and the folder it goes to (a ready folder, or scheduled/ when delayed)."""
+    if priority is not None and priority not in PRIORITIES:
+        raise SubmitError(f"priority: expected one of {', '.join(PRIORITIES)}, got {priority!r}")
+    job_id = new_job_id(now)
+    doc: dict[str, Any] = {"id": job_id, "class": class_name, "method": method,
+                           "params": [] if params is None else params,
+                           "priority": priority or config.priority_of(class_name)}
+    if chain:
+        doc["chain"] = [dict(step) for step in chain]
+    if delay is not None:
+        doc["delay_seconds"] = delay
+    check_job(config, doc)
+    doc.update(status=JobStatus.READY.value, attempts=0, created_at=now.isoformat())
+    folder = doc["priority"]
+    if delay:
+        doc["run_at"] = (now + timedelta(seconds=delay)).isoformat()
+        doc["status"] = JobStatus.SCHEDULED.value
+        folder = "scheduled"
+    return Job(job_id, doc), folder
+
+
+def write_job(config: Config, job: Job, folder: str) -> Path:
+    """tmp/ + fsync + no-replace move: a reader never sees half a file; SpoolWriteError if it cannot."""
+    data = dump_job(job)
+    if len(data) > config.max_job_bytes:
+        raise SubmitError(f"job is too large: {len(data)} bytes > max_job_bytes {config.max_job_bytes}")
+    paths = SpoolPaths(config.spool_dir)
+    target = paths.job_file(folder, job.id)
+    try:
+        paths.tmp.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        publish(paths.tmp, data, target)
+    except OSError as e:
+        raise SpoolWriteError(f"cannot write {target}: {e.strerror or e}") from e
+    return target
+
+
+def submit(config: Config, class_name: str, method: str = "handle", params: Any = None, *,
+           priority: str | None = None, delay: float | None = None,
+           chain: Sequence[dict[str, Any]] | None = None) -> Submitted:
+    """Check and write one job; the one code path behind the API, run_job.py and `spoold submit`."""
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0):
+        raise SubmitError(f"delay: expected a number of seconds >= 0, got {delay!r}")
+    job, folder = build_job(config, class_name, method, params, priority=priority, delay=delay,
+                            chain=chain, now=datetime.now(UTC))
+    return Submitted(job.id, write_job(config, job, folder))
+
+
+_cache: dict[Path, tuple[tuple[int, int], Config]] = {}
+
+
+def cached_config(path: Path) -> Config:
+    """load_config, re-read only when the file changed: a web app submits many jobs per config read."""
+    stat = os.stat(path)
+    key = (stat.st_mtime_ns, stat.st_size)
+    hit = _cache.get(path)
+    if hit is None or hit[0] != key:
+        hit = (key, load_config(path))
+        _cache[path] = hit
+    return hit[1]
+
+
+def run_background_job(class_name: str, method: str = "handle", params: Any = None, *,
+                       priority: str | None = None, delay: float | None = None,
+                       chain: Sequence[dict[str, Any]] | None = None,
+                       config: str | os.PathLike[str] | None = None) -> str:
+    """Hand a job to the background and return its id; raises SubmitError (a ValueError) if refused."""
+    try:
+        path = find_config(config)
+        loaded = cached_config(path)
+    except OSError as e:
+        raise SubmitError(f"cannot read config: {e}") from e
+    return submit(loaded, class_name, method, params, priority=priority, delay=delay, chain=chain).job_id

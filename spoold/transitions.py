@@ -1,0 +1,87 @@
+"""Moving a job between state folders without ever replacing a file or losing one (SPEC §2, notes §3).
+
+Every new version of a document is staged in tmp/, fsynced, moved in with no-replace, and only then is
+the old copy removed. A crash in between leaves a duplicate that recovery resolves, never a loss.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from spoold.fsio import move_no_replace, publish
+from spoold.job import Job, dump_job
+from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
+
+log = logging.getLogger(__name__)
+TAKEN_CHECK = (*READY, "scheduled", "done", "failed", "rejected")
+
+
+class LostClaim(Exception):
+    """Raised when our running/DAEMON/ copy is gone: someone moved it; the result is not written back."""
+
+
+@dataclass(frozen=True)
+class Mover:
+    """The file moves of one node (daemon or `--now` run), durable unless `durable` is off."""
+
+    paths: SpoolPaths
+    durable: bool = True
+
+    def id_taken(self, job_id: str, *, besides: Path | None = None) -> bool:
+        """True if another file in a state folder already has this id (notes case 15)."""
+        for folder in TAKEN_CHECK:
+            path = self.paths.job_file(folder, job_id)
+            if path != besides and os.path.lexists(path):
+                return True
+        return False
+
+    def write(self, job: Job, folder: str) -> Path:
+        """Publish a new version of `job` into `folder`; a taken name gets a fresh id (source_name kept)."""
+        target = self.paths.job_file(folder, job.id)
+        try:
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
+        except FileExistsError:
+            job.doc.setdefault("source_name", job.id + JOB_SUFFIX)
+            job.id = new_job_id()
+            target = self.paths.job_file(folder, job.id)
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
+        return target
+
+    def commit(self, job: Job, claimed: Path, folder: str) -> Path:
+        """Write `job` to `folder`, then drop our claimed copy; LostClaim if the claim vanished first."""
+        if not os.path.lexists(claimed):
+            raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
+        target = self.write(job, folder)
+        try:
+            os.unlink(claimed)
+        except FileNotFoundError:
+            log.warning("job=%s claim %s vanished during commit", job.id, claimed)
+        return target
+
+    def write_back(self, claimed: Path, original: Path) -> None:
+        """Undo a claim, bytes unchanged; if the name was taken meanwhile, use a fresh one beside it."""
+        try:
+            move_no_replace(claimed, original, durable=self.durable)
+        except FileExistsError:
+            move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
+
+    def reject(self, source: Path, reason: str) -> str:
+        """Move a file, bytes unchanged, to rejected/ with ID.reason beside it; returns the id used."""
+        job_id = id_from_name(source.name)
+        if job_id is None or self.id_taken(job_id, besides=source):
+            job_id = new_job_id()
+            reason = f"{reason} (dropped as {source.name!r})"
+        for _ in range(3):
+            try:
+                move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable)
+                break
+            except FileExistsError:
+                job_id = new_job_id()
+        else:
+            raise FileExistsError(f"no free name in rejected/ for {source.name}")
+        publish(self.paths.tmp, (reason.replace("\n", " ") + "\n").encode("utf-8"),
+                self.paths.reason_file(job_id), durable=self.durable)
+        return job_id
