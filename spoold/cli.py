@@ -22,7 +22,8 @@ WAIT_POLL_SECONDS = 0.05
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="F", help=f"path to {CONFIG_NAME} (else $BGJOBS_CONFIG, else found upwards)")
+    parser.add_argument("--config", metavar="F",
+                        help=f"path to {CONFIG_NAME} (else $BGJOBS_CONFIG, else searched upwards)")
 
 
 def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +160,8 @@ def dispatch(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # watchdog logs an ERROR when its emitter thread is stopped mid-read; rescans make events optional anyway.
+    logging.getLogger("watchdog").setLevel(logging.CRITICAL)
     args = build_parser().parse_args(argv)
     if args.command != "start":
         logging.getLogger().setLevel(logging.WARNING)

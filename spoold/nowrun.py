@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
 from spoold.chain import hand_on_chain
 from spoold.config import Config
 from spoold.job import Job

@@ -99,10 +99,10 @@ class SpoolPaths:
             path = self.root / folder / name
             if path.exists():
                 return path
-        for folder in (self.running, self.done, self.failed):
-            if not folder.is_dir():
+        for parent in (self.running, self.done, self.failed):
+            if not parent.is_dir():
                 continue
-            for sub in folder.iterdir():
+            for sub in parent.iterdir():
                 if sub.is_dir() and (sub / name).exists():
                     return sub / name
         return None

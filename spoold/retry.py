@@ -36,7 +36,7 @@ def retry_delay(base: float, backoff: Backoff, failed_runs: int, rng: random.Ran
     if backoff == "fixed" or base <= 0:
         return base
     raw = min(base * 2 ** (failed_runs - 1), MAX_RETRY_DELAY_SECONDS)
-    return raw * (1 + (rng or random).uniform(-JITTER, JITTER))
+    return float(raw * (1 + (rng or random).uniform(-JITTER, JITTER)))
 
 
 def next_step(config: Config, error_mro: Sequence[str], *, failed_runs: int, job_retry_attempts: int | None,

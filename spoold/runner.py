@@ -6,6 +6,7 @@ threads or open spool files (notes L5). Killing the whole group takes grandchild
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -96,10 +97,8 @@ class ChildProcess:
     def cleanup(self) -> None:
         for name in ("spec.json", "out", "result.json", "result.part"):
             (self.scratch / name).unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             self.scratch.rmdir()
-        except OSError:
-            pass
 
 
 def _from_report(reported: dict[str, Any]) -> Outcome:
@@ -142,10 +141,8 @@ def _tail(path: Path) -> str:
 
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     if os.name == "posix":
-        try:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
     else:
         proc.kill()
 
@@ -154,10 +151,8 @@ def _wait(child: ChildProcess, on_exit: Callable[[str], None]) -> None:
     """Waiter thread: on POSIX, see the exit without reaping, kill leftover grandchildren, then reap."""
     proc = child.proc
     if os.name == "posix":
-        try:
+        with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        except ChildProcessError:
-            pass
         _kill_group(proc)  # the zombie leader keeps the group id from being reused meanwhile
     proc.wait()
     child.exited.set()
@@ -168,9 +163,10 @@ def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str]
                 allowed_methods: tuple[str, ...], timeout: float) -> ChildProcess:
     """Start `python -m spoold.child` for one job; raises OSError if the process cannot start."""
     scratch.mkdir(parents=True, exist_ok=True)
-    spec: dict[str, Any] = {"class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
-            "root": str(config.root), "allowed_methods": list(allowed_methods),
-            "result_path": str(scratch / "result.json")}
+    spec: dict[str, Any] = {
+        "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
+        "root": str(config.root), "allowed_methods": list(allowed_methods),
+        "result_path": str(scratch / "result.json")}
     if "previous_result" in job.doc:
         spec["previous_result"] = job.doc["previous_result"]
     (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")

@@ -6,6 +6,7 @@ read or parsed is due at once, so that the intake's checks (settle, reject) deal
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import os
 from datetime import datetime
@@ -26,10 +27,8 @@ def due_time(doc: dict[str, Any], fallback: float) -> float:
     if isinstance(delay, int | float) and not isinstance(delay, bool) and delay > 0:
         base = fallback
         if isinstance(doc.get("created_at"), str):
-            try:
+            with contextlib.suppress(ValueError):
                 base = datetime.fromisoformat(doc["created_at"]).timestamp()
-            except ValueError:
-                pass
         return base + delay
     return 0.0
 

@@ -6,6 +6,7 @@ The handler stays O(1) (notes W10): it records the paths and wakes the daemon. A
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import select
@@ -33,10 +34,8 @@ class Waker:
         return self._write.fileno()
 
     def wake(self) -> None:
-        try:
+        with contextlib.suppress(OSError):  # BlockingIOError: already awake; OSError: closing
             self._write.send(b"\0")
-        except (BlockingIOError, OSError):
-            pass  # already awake, or closing
 
     def sleep(self, timeout: float) -> None:
         select.select([self._read], [], [], max(0.0, timeout))

@@ -1,0 +1,166 @@
+"""Real daemons and CLIs as subprocesses on a spool under tmp_path; every process is reaped."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from spoold import run_background_job
+
+HERE = Path(__file__).parent
+REPO = HERE.parent
+
+BASE_CONFIG = """\
+spool_dir = "spool"
+log_dir = "logs"
+namespace = "jobs"
+workers = {workers}
+retry_attempts = {retry_attempts}
+retry_delay_seconds = {retry_delay_seconds}
+max_execution_time = {max_execution_time}
+settle_seconds = {settle_seconds}
+shutdown_grace_seconds = {shutdown_grace_seconds}
+rescan_seconds = {rescan_seconds}
+max_job_bytes = {max_job_bytes}
+
+[allowed_jobs]
+Echo = ["handle", "shout"]
+Sleep = ["handle"]
+Raise = ["handle"]
+KillSelf = ["handle"]
+WriteSentinel = ["handle"]
+SpawnGrandchild = ["handle"]
+FailTimes = ["handle"]
+NotSerializable = ["handle"]
+Missing = ["handle"]
+{extra}
+"""
+DEFAULTS: dict[str, Any] = {"workers": 2, "retry_attempts": 0, "retry_delay_seconds": 0,
+                            "max_execution_time": 30, "settle_seconds": 0.5, "shutdown_grace_seconds": 2,
+                            "rescan_seconds": 1, "max_job_bytes": 65536, "extra": ""}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, f"not true within {timeout}s: {what or predicate}"
+        time.sleep(0.02)
+    return value
+
+
+class Project:
+    """A folder with bgjobs.toml, a `jobs` namespace and a spool: what a user's app looks like."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = root / "bgjobs.toml"
+        self.spool = root / "spool"
+        self.logs = root / "logs"
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def configure(self, **overrides: Any) -> None:
+        self.config.write_text(BASE_CONFIG.format(**(DEFAULTS | overrides)), encoding="utf-8")
+
+    # -- submitting and dropping ---------------------------------------------------------------
+    def submit(self, class_name: str, method: str = "handle", params: Any = None, **kwargs: Any) -> str:
+        return run_background_job(class_name, method, params, config=self.config, **kwargs)
+
+    def drop(self, folder: str, name: str, content: bytes | str | dict[str, Any]) -> Path:
+        path = self.spool / folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, dict):
+            content = json.dumps(content)
+        path.write_bytes(content.encode() if isinstance(content, str) else content)
+        return path
+
+    # -- processes -----------------------------------------------------------------------------
+    def env(self) -> dict[str, str]:
+        return dict(os.environ, PYTHONUNBUFFERED="1")
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([sys.executable, "-m", "spoold", "start", "--config", str(self.config), *args],
+                                cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, start_new_session=True)
+        self.procs.append(proc)
+        wait_for(lambda: self.daemon_folders(), 10, "daemon folder in running/")
+        return proc
+
+    def cli(self, *args: str, timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "spoold", *args], cwd=cwd or self.root, env=self.env(),
+                              capture_output=True, text=True, timeout=timeout)
+
+    def run_job(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, str(REPO / "run_job.py"), *args, "--config", str(self.config)],
+                              cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=timeout)
+
+    def drain(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return self.cli("start", "--drain", "--config", str(self.config), *args, timeout=timeout)
+
+    def stop(self, proc: subprocess.Popen[str], sig: int = signal.SIGTERM, timeout: float = 20) -> tuple[int, str]:
+        proc.send_signal(sig)
+        out, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, out
+
+    # -- looking at the spool ------------------------------------------------------------------
+    def daemon_folders(self) -> list[Path]:
+        running = self.spool / "running"
+        if not running.is_dir():
+            return []
+        return [p for p in running.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+    def names(self, folder: str) -> list[str]:
+        path = self.spool / folder
+        if folder == "running":
+            return sorted(p.name for d in self.daemon_folders() for p in d.iterdir() if p.name.endswith(".json"))
+        if not path.is_dir():
+            return []
+        return sorted(p.name for p in path.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+
+    def doc(self, folder: str, job_id: str) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads((self.spool / folder / f"{job_id}.json").read_text(encoding="utf-8"))
+        return value
+
+    def has(self, folder: str, job_id: str) -> bool:
+        return f"{job_id}.json" in self.names(folder)
+
+    def log_lines(self, errors: bool = False) -> list[str]:
+        path = self.logs / ("background_jobs_errors.log" if errors else "background_jobs.log")
+        return path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+
+    def events(self, job_id: str) -> list[str]:
+        """`status=` values of the job's log lines, in order."""
+        return [part.split("=", 1)[1] for line in self.log_lines() if f" job={job_id} " in line
+                for part in line.split() if part.startswith("status=")]
+
+    def reap(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+            if proc.stdout:
+                proc.stdout.close()
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    root = tmp_path / "app"
+    root.mkdir()
+    shutil.copytree(HERE / "jobs", root / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    proj = Project(root)
+    proj.configure()
+    try:
+        yield proj
+    finally:
+        proj.reap()

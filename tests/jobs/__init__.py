@@ -1,0 +1,77 @@
+"""Job classes for the test suite, named for what they do (copied into each test's project as `jobs`)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class Echo:
+    def handle(self, *args: Any, **kwargs: Any) -> Any:
+        return {"args": list(args), "kwargs": kwargs} if kwargs else list(args)
+
+    def shout(self, text: str) -> str:
+        print(f"shouting {text}")
+        return text.upper()
+
+    def _secret(self) -> str:
+        return "never"
+
+
+class Sleep:
+    def handle(self, seconds: str | float, marker: str = "") -> float:
+        if marker:
+            Path(marker).write_text(str(os.getpid()))
+        time.sleep(float(seconds))
+        return float(seconds)
+
+
+class Raise:
+    def handle(self, kind: str = "RuntimeError", message: str = "boom") -> None:
+        error = {"ConnectionRefusedError": ConnectionRefusedError, "ValueError": ValueError}.get(kind, RuntimeError)
+        raise error(message)
+
+
+class KillSelf:
+    def handle(self) -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+class WriteSentinel:
+    """Appends one line per run to a file, so a test can count executions."""
+
+    def handle(self, path: str, text: str = "ran") -> str:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        return text
+
+
+class SpawnGrandchild:
+    """Starts a long `sleep` in the same process group, records its pid, then outlives its time limit."""
+
+    def handle(self, pid_file: str, seconds: str = "60") -> None:
+        grandchild = subprocess.Popen([sys.executable, "-c", f"import time; time.sleep({float(seconds)})"])
+        Path(pid_file).write_text(str(grandchild.pid))
+        time.sleep(float(seconds))
+
+
+class FailTimes:
+    """Fails the first N runs (counted in a file), then succeeds."""
+
+    def handle(self, counter: str, failures: str = "1") -> int:
+        path = Path(counter)
+        runs = int(path.read_text()) + 1 if path.exists() else 1
+        path.write_text(str(runs))
+        if runs <= int(failures):
+            raise RuntimeError(f"run {runs} fails")
+        return runs
+
+
+class NotSerializable:
+    def handle(self) -> object:
+        return object()
