@@ -218,7 +218,7 @@ class Daemon:
 
     def promote(self, claim: Claim, now: float) -> None:
         job = claim.job
-        due = due_time(job.doc, 0.0)
+        due = due_time(job.doc, now)
         if due > now:  # changed by hand meanwhile: back to waiting
             self.write(job, claim.path, Settled("scheduled", ""), None, now)
             return
@@ -231,7 +231,7 @@ class Daemon:
     def start(self, claim: Claim, now: float) -> None:
         """Run a claimed job in a child, unless it is not due yet (then it waits in scheduled/)."""
         job = claim.job
-        due = due_time(job.doc, 0.0)
+        due = due_time(job.doc, now)
         if due > now:
             job.doc["run_at"] = iso(due)
             job.doc["status"] = JobStatus.SCHEDULED.value
@@ -304,7 +304,7 @@ class Daemon:
             self.pending.append(PendingCommit(job, path, settled, duration_ms, now + SPOOL_RETRY_SECONDS))
             return
         if settled.folder == "scheduled":
-            self.scheduled.note(target.name, due_time(job.doc, 0.0))
+            self.scheduled.note(target.name, due_time(job.doc, now))
         if settled.log_status:
             self.events.event(settled.log_status, job=job.id, class_=job.class_name, method=job.method,
                               attempt=job.attempts, duration_ms=duration_ms, error=settled.error_type,

@@ -54,7 +54,7 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
     scratch = Path(tempfile.mkdtemp(prefix="spoold-now-"))
     try:
         while True:
-            wait = due_time(job.doc, 0.0) - time.time()
+            wait = due_time(job.doc, time.time()) - time.time()
             if wait > 0:
                 time.sleep(wait)
             job.doc.pop("run_at", None)

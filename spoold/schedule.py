@@ -20,7 +20,8 @@ from spoold.paths import is_job_name
 
 
 def due_time(doc: dict[str, Any], fallback: float) -> float:
-    """When a job may start: `run_at`, else `delay_seconds` after `created_at` (or the file time)."""
+    """When a job may start: `run_at`, else `delay_seconds` after `created_at` (else after `fallback`,
+    the time the file was written or seen); 0.0 when it may start at once."""
     if "run_at" in doc:
         return parse_time(doc["run_at"], "run_at").timestamp()
     delay = doc.get("delay_seconds")
