@@ -324,7 +324,9 @@ class Daemon:
 
     def should_exit(self, now: float) -> bool:
         if self.grace_deadline is not None:
-            return not self.children and not self.pending
+            # A second signal does not wait for a spool that cannot be written: those jobs stay in
+            # running/ and are recovered by the next daemon.
+            return not self.children and (not self.pending or self.stop_requests > 1)
         if self.drain and self.is_idle(now):
             self.rescan(now)  # events are hints: look once more before leaving
             for path in self.watcher.take_hints():

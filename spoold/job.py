@@ -174,9 +174,10 @@ def _check_chain(chain: Any) -> None:
 
 
 def _check_daemon_fields(doc: dict[str, Any]) -> None:
-    attempts = doc.get("attempts", 0)
-    if not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0:
-        raise JobRejected(f"field 'attempts': expected an integer >= 0, got {attempts!r}")
+    for key in ("attempts", "failed_runs"):
+        count = doc.get(key, 0)
+        if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+            raise JobRejected(f"field {key!r}: expected an integer >= 0, got {count!r}")
     if "status" in doc and doc["status"] not in tuple(JobStatus):
         raise JobRejected(f"field 'status': expected one of {', '.join(JobStatus)}, got {doc['status']!r}")
     if not isinstance(doc.get("history", []), list):

@@ -75,3 +75,22 @@ class FailTimes:
 class NotSerializable:
     def handle(self) -> object:
         return object()
+
+
+class NotListed:
+    """Exists in the namespace but is not in [allowed_jobs]: writes its marker file if it ever runs."""
+
+    def handle(self, path: str) -> None:
+        Path(path).write_text("ran", encoding="utf-8")
+
+
+class SleepThenFail:
+    """Sleeps on its first run (its pid in `marker`) so a test can interrupt it; raises on every later run."""
+
+    def handle(self, marker: str, seconds: str = "30") -> None:
+        path = Path(marker)
+        if not path.exists():
+            path.write_text(str(os.getpid()))
+            time.sleep(float(seconds))
+            return
+        raise RuntimeError("fails after the interruption")
