@@ -143,7 +143,7 @@ def _check_name(value: Any, key: str, what: str) -> None:
 def _check_call(doc: dict[str, Any], where: str) -> None:
     """class, method, params, priority, retry_attempts, timeout_seconds: shared by jobs and chain steps."""
     if "class" not in doc:
-        raise JobRejected(f"{where}missing field 'class'")
+        raise JobRejected(f"missing field '{where}class'")
     _check_name(doc["class"], where + "class", "class name")
     if "method" in doc:
         _check_name(doc["method"], where + "method", "method name")
