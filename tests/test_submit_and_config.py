@@ -44,7 +44,8 @@ def job_files(spool: Path) -> list[str]:
 
 
 def minimal_config(spool_dir: str = "spool", body: str = "") -> str:
-    return f'spool_dir = "{spool_dir}"\nlog_dir = "logs"\nnamespace = "jobs"\n{body}\n[allowed_jobs]\nEcho = ["handle"]\n'
+    return (f'spool_dir = "{spool_dir}"\nlog_dir = "logs"\nnamespace = "jobs"\n{body}\n'
+            '[allowed_jobs]\nEcho = ["handle"]\n')
 
 
 # -- run_background_job ------------------------------------------------------------------------------
