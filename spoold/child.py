@@ -31,7 +31,10 @@ def _error(exc: BaseException) -> dict[str, Any]:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
-    """The job's outcome as a JSON-ready dict: success with result, failure with error, or not_found."""
+    """The job's outcome as a JSON-ready dict: success with result, or failure with error.
+
+    An allowed class or method missing from the namespace fails as JobNotFound, which is never retried.
+    """
     sys.path.insert(0, spec["root"])
     class_name, method_name, params = spec["class"], spec["method"], spec["params"]
     try:
@@ -40,10 +43,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         method = getattr(cls, method_name, None)
         if not callable(method):
             raise JobNotFound(f"{spec['namespace']}.{class_name} has no method {method_name!r}")
-    except JobNotFound as e:
-        return {"status": "not_found", "message": str(e)}
-    except JobRejected as e:
-        return {"status": "not_found", "message": str(e)}
+    except JobRejected as e:  # JobNotFound, or a name the allowlist refuses
+        return {"status": "failure", "error": {"type": "JobNotFound", "message": str(e), "traceback": ""},
+                "mro": ["JobNotFound"]}
     except BaseException as e:  # an error raised while importing the job's module is a failed run
         return _error(e)
     try:

@@ -283,10 +283,6 @@ class Daemon:
     def finish(self, claim: Claim, outcome: Outcome, pid: int, now: float) -> None:
         assert self.node is not None and self.intake is not None
         job = claim.job
-        if outcome.status == "not_found":
-            reason = outcome.error["message"] if outcome.error else "class or method not found"
-            self.intake.reject(claim.path, reason)
-            return
         settled = settle_run(job, outcome, self.config, node=self.node.id, pid=pid, now=now)
         if settled.folder == "done" and job.chain:
             hand_on_chain(self.mover, self.config, job, now)

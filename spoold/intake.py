@@ -77,8 +77,8 @@ class Intake:
     def __init__(self, node: Node, mover: Mover, events: EventLog) -> None:
         self.node, self.mover, self.events = node, mover, events
 
-    def reject(self, path: Path, reason: str) -> None:
-        job_id = self.mover.reject(path, reason)
+    def reject(self, path: Path, reason: str, *, dropped_as: str | None = None) -> None:
+        job_id, reason = self.mover.reject(path, reason, dropped_as=dropped_as)
         self.events.event("rejected", job=job_id, detail=reason, reason=reason)
         log.info("job=%s rejected: %s", job_id, reason)
 
@@ -120,7 +120,7 @@ class Intake:
             if mtime + config.settle_seconds > now:
                 self.mover.write_back(target, folder / name)  # changed under us: let it settle first
                 return Deferred(mtime + config.settle_seconds)
-            self.reject(target, str(e))
+            self.reject(target, str(e), dropped_as=name)
             return None
         if job_id + JOB_SUFFIX != name:
             job.doc["source_name"] = name

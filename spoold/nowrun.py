@@ -44,7 +44,7 @@ def _run_once(job: Job, config: Config, scratch_root: Path) -> tuple[Outcome, Ch
 
 
 def run_now(config: Config, job: Job) -> tuple[int, Job]:
-    """Run `job` to its end; returns (0 done | 1 failed | 2 rejected, the final document)."""
+    """Run `job` to its end; returns (0 done | 1 failed, the final document)."""
     paths = SpoolPaths(config.spool_dir)
     paths.create()
     mover, events = Mover(paths), EventLog(config.log_dir)
@@ -63,11 +63,6 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
             events.event("started", job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts)
             outcome, child = _run_once(job, config, scratch)
             now = time.time()
-            if outcome.status == "not_found":
-                reason = outcome.error["message"] if outcome.error else "not found"
-                job_id = mover.reject(claimed, reason)
-                events.event("rejected", job=job_id, detail=reason, reason=reason)
-                return 2, job
             settled = settle_run(job, outcome, config, node=node.id, pid=child.pid, now=now)
             events.event(settled.log_status, job=job.id, class_=job.class_name, method=job.method,
                          attempt=job.attempts, duration_ms=outcome.duration_ms, error=settled.error_type,

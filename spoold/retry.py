@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from spoold.config import Backoff, Config, RetryRule
 
 MAX_RETRY_DELAY_SECONDS = 3600.0
+# A class or method missing from the namespace will not appear by retrying (unless a rule says so).
+NEVER_RETRIED = frozenset({"JobNotFound"})
 JITTER = 0.25
 
 
@@ -46,6 +48,8 @@ def next_step(config: Config, error_mro: Sequence[str], *, failed_runs: int, job
     A matching [retry_on] rule wins over the job's own `retry_attempts`, which wins over the global setting.
     """
     rule = find_rule(config, error_mro)
+    if rule is None and NEVER_RETRIED.intersection(error_mro):
+        return Fail(f"{error_mro[0]} is never retried")
     attempts = config.retry_attempts if job_retry_attempts is None else job_retry_attempts
     if rule is not None and rule.retry_attempts is not None:
         attempts = rule.retry_attempts

@@ -26,7 +26,7 @@ from spoold.job import Job
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
-OutcomeStatus = Literal["success", "failure", "not_found", "interrupted"]
+OutcomeStatus = Literal["success", "failure", "interrupted"]
 
 
 @dataclass
@@ -105,8 +105,6 @@ def _from_report(reported: dict[str, Any]) -> Outcome:
     status = reported.get("status")
     if status == "success":
         return Outcome("success", result=reported.get("result"))
-    if status == "not_found":
-        return Outcome("not_found", error=_error("JobNotFound", str(reported.get("message"))))
     error = reported.get("error") or {}
     return Outcome("failure", error={"type": str(error.get("type", "Error")), "message": str(error.get("message", "")),
                                      "traceback": str(error.get("traceback", ""))},

@@ -68,12 +68,16 @@ class Mover:
         except FileExistsError:
             move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
 
-    def reject(self, source: Path, reason: str) -> str:
-        """Move a file, bytes unchanged, to rejected/ with ID.reason beside it; returns the id used."""
-        job_id = id_from_name(source.name)
+    def reject(self, source: Path, reason: str, *, dropped_as: str | None = None) -> tuple[str, str]:
+        """Move a file, bytes unchanged, to rejected/ with ID.reason beside it; returns (id, reason).
+
+        `dropped_as` is the name the file had in its ready folder, if the claim renamed it.
+        """
+        original = dropped_as or source.name
+        job_id = id_from_name(original)
         if job_id is None or self.id_taken(job_id, besides=source):
             job_id = new_job_id()
-            reason = f"{reason} (dropped as {source.name!r})"
+            reason = f"{reason} (dropped as {original!r})"
         for _ in range(3):
             try:
                 move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable)
@@ -82,6 +86,6 @@ class Mover:
                 job_id = new_job_id()
         else:
             raise FileExistsError(f"no free name in rejected/ for {source.name}")
-        publish(self.paths.tmp, (reason.replace("\n", " ") + "\n").encode("utf-8"),
-                self.paths.reason_file(job_id), durable=self.durable)
-        return job_id
+        reason = reason.replace("\n", " ").replace("\r", " ")
+        publish(self.paths.tmp, (reason + "\n").encode("utf-8"), self.paths.reason_file(job_id), durable=self.durable)
+        return job_id, reason
