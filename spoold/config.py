@@ -47,6 +47,9 @@ class Config:
     settle_seconds: float = 2.0
     shutdown_grace_seconds: float = 10.0
     rescan_seconds: float = 5.0
+    priority_aging_seconds: float = 0.0
+    keep_done_days: float = 7.0
+    keep_failed_days: float = 30.0
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -135,6 +138,9 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "settle_seconds": _number(0, inclusive=True),
     "shutdown_grace_seconds": _number(0, inclusive=True),
     "rescan_seconds": _number(0, inclusive=False),
+    "priority_aging_seconds": _number(0, inclusive=True),
+    "keep_done_days": _number(0, inclusive=True),
+    "keep_failed_days": _number(0, inclusive=True),
 }
 TABLES = ("allowed_jobs", "job_priority", "retry_on")
 

@@ -28,6 +28,7 @@ from spoold.node import Node, open_node
 from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
 from spoold.paths import READY, SpoolPaths
 from spoold.recovery import recover_dead
+from spoold.retention import purge_folder
 from spoold.runner import ChildProcess, Outcome, start_child
 from spoold.schedule import ScheduledIndex, due_time
 from spoold.transitions import LostClaim, Mover
@@ -35,6 +36,8 @@ from spoold.watcher import Waker, Watcher
 
 log = logging.getLogger(__name__)
 SPOOL_RETRY_SECONDS = 1.0
+RETENTION_INTERVAL_SECONDS = 3600.0
+CANCEL_SUFFIX = ".cancel"
 
 
 @dataclass
@@ -64,7 +67,7 @@ class Daemon:
         self.index = ReadyIndex(self.paths)
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
         self.waker = Waker()
-        self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker)
+        self.watcher = Watcher([], self.waker)
         self.children: dict[str, Running] = {}
         self.exited: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.pending: list[PendingCommit] = []
@@ -72,6 +75,7 @@ class Daemon:
         self.reload_requested = False
         self.grace_deadline: float | None = None
         self.next_rescan = 0.0
+        self.next_retention = 0.0
         self.hold_claims_until = 0.0
         self.node: Node | None = None
         self.intake: Intake | None = None
@@ -83,6 +87,9 @@ class Daemon:
         self.paths.create()
         self.node = open_node(self.paths, workers=self.config.workers)
         self.intake = Intake(self.node, self.mover, self.events)
+        # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
+        self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
+                               self.waker)
         self.watcher.start()
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
 
@@ -136,6 +143,10 @@ class Daemon:
         for path in self.watcher.take_hints():
             self.index.hint(path)
             self.scheduled.hint(path)
+            if path.name.endswith(CANCEL_SUFFIX):
+                self.cancel_marked()
+        if now >= self.next_retention:
+            self.apply_retention(now)
         if self.grace_deadline is None:
             self.promote_due(now)
             self.start_ready(now)
@@ -170,6 +181,7 @@ class Daemon:
     def rescan(self, now: float) -> None:
         self.index.rescan(now)
         self.scheduled.rescan()
+        self.cancel_marked()
         self.next_rescan = now + self.config.rescan_seconds
         if self.grace_deadline is None:
             self.recover(now)
@@ -181,12 +193,45 @@ class Daemon:
         except OSError as e:
             log.error("recovery of dead daemons failed, will retry: %s", e)
 
+    def cancel_marked(self) -> None:
+        """`spoold cancel` of a running job leaves `.ID.cancel` in our folder: stop that child."""
+        if self.node is None:
+            return
+        try:
+            names = [n for n in os.listdir(self.node.folder) if n.startswith(".") and n.endswith(CANCEL_SUFFIX)]
+        except OSError:
+            return
+        for name in names:
+            job_id = name[1: -len(CANCEL_SUFFIX)]
+            running = self.children.get(job_id)
+            if running is not None:
+                log.info("job=%s cancelled: killing its process group", job_id)
+                running.child.kill("Cancelled")
+            else:
+                (self.node.folder / name).unlink(missing_ok=True)  # stale: the job is not running here
+
+    def apply_retention(self, now: float) -> None:
+        """Delete finished jobs older than keep_done_days / keep_failed_days, at start and hourly."""
+        self.next_retention = now + RETENTION_INTERVAL_SECONDS
+        keep = {"done": self.config.keep_done_days, "failed": self.config.keep_failed_days,
+                "rejected": self.config.keep_failed_days}
+        for folder, days in keep.items():
+            if days > 0:
+                try:
+                    removed = purge_folder(self.paths, folder, days * 86400, now=now)
+                except OSError as e:
+                    log.error("retention of %s/ failed: %s", folder, e)
+                    continue
+                if removed:
+                    log.info("retention: removed %d job(s) older than %g day(s) from %s/", removed, days, folder)
+
     def has_free_slot(self, now: float) -> bool:
         return now >= self.hold_claims_until and len(self.children) + len(self.pending) < self.config.workers
 
     def start_ready(self, now: float) -> None:
         assert self.intake is not None
-        while self.has_free_slot(now) and (item := self.index.pop(now)) is not None:
+        aging = self.config.priority_aging_seconds
+        while self.has_free_slot(now) and (item := self.index.pop(now, aging_seconds=aging)) is not None:
             priority, name = item
             try:
                 taken = self.intake.take(self.config, self.paths.ready(priority), name, now)
@@ -277,6 +322,8 @@ class Daemon:
                 outcome = running.child.outcome()
                 running.child.cleanup()
                 self.finish(running.claim, outcome, running.child.pid, now)
+                if self.node is not None:
+                    (self.node.folder / f".{job_id}{CANCEL_SUFFIX}").unlink(missing_ok=True)
             except Exception:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
 

@@ -81,19 +81,35 @@ class ReadyIndex:
     def next_due(self) -> float | None:
         return min(self.deferred.values(), default=None)
 
-    def pop(self, now: float) -> tuple[str, str] | None:
-        """The next (priority, name) to try: high before medium before low, oldest first."""
-        for key, until in list(self.deferred.items()):
-            if until <= now:
-                del self.deferred[key]
-                self.hint(self.paths.ready(key[0]) / key[1])
-        for priority in READY:
-            folder = self.folders[priority]
-            if folder.heap:
-                _, name = heapq.heappop(folder.heap)
-                folder.members.discard(name)
-                return priority, name
-        return None
+    def pop(self, now: float, *, aging_seconds: float = 0.0) -> tuple[str, str] | None:
+        """The next (priority, name) to try: high before medium before low, oldest first.
+
+        With aging, a job counts one level higher for every `aging_seconds` it has waited, and among
+        equal levels the one that entered its folder first wins; only each folder's oldest can win.
+        """
+        if self.deferred:
+            for key, until in list(self.deferred.items()):
+                if until <= now:
+                    del self.deferred[key]
+                    self.hint(self.paths.ready(key[0]) / key[1])
+        best: tuple[int, int, str] | None = None
+        for level, priority in enumerate(READY):
+            heap = self.folders[priority].heap
+            if not heap:
+                continue
+            entered_ns = heap[0][0]
+            if aging_seconds > 0:
+                level = max(0, level - int(max(0.0, now - entered_ns / 1e9) // aging_seconds))
+            if best is None or (level, entered_ns) < best[:2]:
+                best = (level, entered_ns, priority)
+            if aging_seconds <= 0:
+                break  # strict order: the first non-empty folder wins
+        if best is None:
+            return None
+        folder = self.folders[best[2]]
+        _, name = heapq.heappop(folder.heap)
+        folder.members.discard(name)
+        return best[2], name
 
     def oldest_entry_ns(self) -> int | None:
         return min((f.heap[0][0] for f in self.folders.values() if f.heap), default=None)

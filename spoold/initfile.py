@@ -44,6 +44,10 @@ COMMENTS: dict[str, str] = {
     "settle_seconds": "An invalid file must be unchanged this long before it is rejected.",
     "shutdown_grace_seconds": "On SIGTERM, running jobs get this long to finish.",
     "rescan_seconds": "Seconds between full rescans of the spool; file events only wake the daemon sooner.",
+    "priority_aging_seconds": "A ready job waiting longer than this runs as if one level higher (per period); "
+                              "0: strict high > medium > low.",
+    "keep_done_days": "Days a job stays in done/ before the daemon deletes it; 0 keeps it forever.",
+    "keep_failed_days": "Days a job stays in failed/ (and a file in rejected/) before deletion; 0 keeps it forever.",
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.

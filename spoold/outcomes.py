@@ -94,6 +94,12 @@ def settle_run(job: Job, outcome: Outcome, config: Config, *, node: str, pid: in
         doc["status"] = JobStatus.READY.value
         return Settled(ready_folder(job, config), "interrupted")
     error = outcome.error or {"type": "Error", "message": "", "traceback": ""}
+    if outcome.status == "cancelled":  # final: no retry (SPEC §3)
+        _history(job, "failure", node=node, pid=pid, started=started, finished=now,
+                 duration_ms=outcome.duration_ms, error_type="Cancelled")
+        doc["error"] = error
+        doc["status"] = JobStatus.FAILED.value
+        return Settled("failed", "cancelled", "Cancelled")
     _history(job, "failure", node=node, pid=pid, started=started, finished=now,
              duration_ms=outcome.duration_ms, error_type=error["type"])
     return settle_failure(job, config, error, outcome.error_mro, now)

@@ -12,15 +12,19 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from spoold.errors import JobRejected
+from spoold.fsio import read_bounded
 from spoold.intake import Claim
+from spoold.job import Job, decode_document
 from spoold.node import other_nodes, remove_dead_folder, try_lock_dead
-from spoold.outcomes import settle_orphan
-from spoold.paths import id_from_name, is_job_name
+from spoold.outcomes import ready_folder, settle_orphan
+from spoold.paths import JOB_SUFFIX, id_from_name, is_job_name
 
 if TYPE_CHECKING:
     from spoold.daemon import Daemon
 
 log = logging.getLogger(__name__)
+OPERATOR_PREFIX = "cli-"  # folders of `spoold retry/cancel` runs: their files were never running
 
 
 def recover_dead(daemon: Daemon, now: float) -> int:
@@ -35,9 +39,24 @@ def recover_dead(daemon: Daemon, now: float) -> int:
             for name in sorted(os.listdir(folder)):
                 if is_job_name(name):
                     count += _adopt(daemon, folder, name, now)
+        except FileNotFoundError:
+            pass  # another daemon emptied and removed it between our probe and our look
         finally:
             remove_dead_folder(folder, lock)
     return count
+
+
+def _put_back(daemon: Daemon, path: Path) -> int:
+    """A file an operator command was moving when it died: back where its status says, no run counted."""
+    try:
+        job = Job(path.name[: -len(JOB_SUFFIX)], decode_document(read_bounded(path, 1 << 30)))
+    except (JobRejected, ValueError, OSError):
+        return 0  # left for the next pass; never deleted
+    status = job.doc.get("status")
+    folder = status if status in ("scheduled", "failed", "done") else ready_folder(job, daemon.config)
+    daemon.mover.commit(job, path, str(folder))
+    log.info("job=%s put back in %s/ after its operator command died", job.id, folder)
+    return 1
 
 
 def _adopt(daemon: Daemon, folder: Path, name: str, now: float) -> int:
@@ -48,6 +67,8 @@ def _adopt(daemon: Daemon, folder: Path, name: str, now: float) -> int:
         log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
         path.unlink(missing_ok=True)
         return 0
+    if folder.name.startswith(OPERATOR_PREFIX):
+        return _put_back(daemon, path)
     try:
         started = os.lstat(path).st_ctime
     except FileNotFoundError:

@@ -26,7 +26,7 @@ from spoold.job import Job
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
-OutcomeStatus = Literal["success", "failure", "interrupted"]
+OutcomeStatus = Literal["success", "failure", "interrupted", "cancelled"]
 
 
 @dataclass
@@ -81,8 +81,11 @@ class ChildProcess:
         if self.killed_for == "Timeout":
             outcome = Outcome("failure", error=_error("Timeout", f"killed after the time limit of {self.timeout:g}s"),
                               error_mro=("Timeout",))
-        elif self.killed_for in ("Interrupted", "Cancelled"):
-            outcome = Outcome("interrupted", error=_error(self.killed_for, "stopped by the daemon"))
+        elif self.killed_for == "Cancelled":
+            outcome = Outcome("cancelled", error=_error("Cancelled", "cancelled by spoold cancel while it ran"),
+                              error_mro=("Cancelled",))
+        elif self.killed_for == "Interrupted":
+            outcome = Outcome("interrupted")
         elif reported is not None:
             outcome = _from_report(reported)
         elif code is not None and code < 0:

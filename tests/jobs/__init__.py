@@ -94,3 +94,13 @@ class SleepThenFail:
             time.sleep(float(seconds))
             return
         raise RuntimeError("fails after the interruption")
+
+
+class SlowSentinel:
+    """WriteSentinel that then takes `seconds`: keeps a worker busy for a known time whatever the start cost."""
+
+    def handle(self, path: str, text: str = "ran", seconds: str = "0.1") -> str:
+        with open(path, "a", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        time.sleep(float(seconds))
+        return text

@@ -1,0 +1,61 @@
+"""Removing old finished jobs: `keep_done_days`/`keep_failed_days` in the daemon, `spoold purge` by hand.
+
+Streams the folder with os.scandir and keys on mtime (a finished job's file is written when it ends),
+so it costs one stat per file and never runs in the claim path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+
+from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, SpoolPaths, is_job_name
+
+log = logging.getLogger(__name__)
+PURGEABLE = ("done", "failed", "rejected")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    """"7d", "12h", "30m", "90s", "2w" or plain seconds -> seconds; ValueError names the format."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        raise ValueError(f"expected a duration such as 7d, 12h, 30m or 90s, got {text!r}")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, now: float) -> int:
+    """Delete the job files of `folder` last written before now - older_than; returns how many.
+
+    In rejected/, a job file goes with its ID.reason.
+    """
+    if folder not in PURGEABLE:
+        raise ValueError(f"can only purge {', '.join(PURGEABLE)}, not {folder!r}")
+    cutoff = now - older_than_seconds
+    removed = 0
+    try:
+        entries = os.scandir(paths.folder(folder))
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            if not is_job_name(entry.name):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                os.unlink(entry.path)
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                log.warning("cannot remove %s: %s", entry.path, e)
+                continue
+            removed += 1
+            if folder == "rejected":
+                reason = entry.name[: -len(JOB_SUFFIX)] + REASON_SUFFIX
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(paths.folder(folder), reason))
+    return removed
