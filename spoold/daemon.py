@@ -378,9 +378,10 @@ class Daemon:
         return False
 
     def sleep_seconds(self, now: float) -> float:
-        wake_at = [self.next_rescan]
+        wake_at = [self.next_rescan, self.next_retention]
+        wake_at += [t for t in (self.scheduled.next_due(),) if t is not None]  # promotion needs no free slot
         if self.has_free_slot(now) or self.hold_claims_until > now:
-            wake_at += [t for t in (self.index.next_due(), self.scheduled.next_due(), self.hold_claims_until) if t]
+            wake_at += [t for t in (self.index.next_due(), self.hold_claims_until) if t]
         wake_at += [p.retry_at for p in self.pending]
         if self.grace_deadline is not None:
             wake_at.append(self.grace_deadline)

@@ -132,3 +132,24 @@ def test_a_file_left_by_a_dead_operator_command_goes_back_where_its_status_says(
     assert "recovered" not in project.events("op")
     assert project.doc("done", "waiting")["attempts"] == 1
     assert not dead.exists()
+
+
+RETRY_RULES = """
+[retry_on]
+ConnectionError = { retry_attempts = 1, retry_delay_seconds = 0 }
+Timeout = { retry_attempts = 1, retry_delay_seconds = 0 }
+"""
+
+
+def test_a_retry_on_rule_matches_along_the_mro_and_timeout_by_name(project: Project) -> None:
+    project.configure(retry_attempts=0, max_execution_time=1, extra=RETRY_RULES)
+    refused = project.submit("Raise", "handle", ["ConnectionRefusedError", "no route"])
+    slow = project.submit("Sleep", "handle", ["5"])
+    plain = project.submit("Raise", "handle", ["RuntimeError", "once"])
+    assert project.drain().returncode == 0
+    assert project.events(refused) == ["started", "retrying", "started", "failure"]
+    assert project.events(slow) == ["started", "retrying", "started", "failure"]
+    assert project.events(plain) == ["started", "failure"]
+    history = project.doc("failed", refused)["history"]
+    assert [h["error_type"] for h in history] == ["ConnectionRefusedError", "ConnectionRefusedError"]
+    assert project.doc("failed", slow)["error"]["type"] == "Timeout"
