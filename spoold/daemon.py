@@ -24,11 +24,11 @@ from spoold.index import ReadyIndex
 from spoold.intake import Claim, Deferred, Intake
 from spoold.job import Job, JobStatus
 from spoold.logs import EventLog
-from spoold.node import Node, open_node
+from spoold.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node
 from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
 from spoold.paths import READY, SpoolPaths
 from spoold.recovery import recover_dead
-from spoold.retention import purge_folder
+from spoold.retention import apply_retention
 from spoold.runner import ChildProcess, Outcome, start_child
 from spoold.schedule import ScheduledIndex, due_time
 from spoold.transitions import LostClaim, Mover
@@ -37,7 +37,6 @@ from spoold.watcher import Waker, Watcher
 log = logging.getLogger(__name__)
 SPOOL_RETRY_SECONDS = 1.0
 RETENTION_INTERVAL_SECONDS = 3600.0
-CANCEL_SUFFIX = ".cancel"
 
 
 @dataclass
@@ -143,7 +142,7 @@ class Daemon:
         for path in self.watcher.take_hints():
             self.index.hint(path)
             self.scheduled.hint(path)
-            if path.name.endswith(CANCEL_SUFFIX):
+            if is_cancel_marker(path.name):
                 self.cancel_marked()
         if now >= self.next_retention:
             self.apply_retention(now)
@@ -197,33 +196,17 @@ class Daemon:
         """`spoold cancel` of a running job leaves `.ID.cancel` in our folder: stop that child."""
         if self.node is None:
             return
-        try:
-            names = [n for n in os.listdir(self.node.folder) if n.startswith(".") and n.endswith(CANCEL_SUFFIX)]
-        except OSError:
-            return
-        for name in names:
-            job_id = name[1: -len(CANCEL_SUFFIX)]
+        for job_id in cancel_requests(self.node.folder):
             running = self.children.get(job_id)
             if running is not None:
                 log.info("job=%s cancelled: killing its process group", job_id)
                 running.child.kill("Cancelled")
             else:
-                (self.node.folder / name).unlink(missing_ok=True)  # stale: the job is not running here
+                cancel_marker(self.node.folder, job_id).unlink(missing_ok=True)  # stale: not running here
 
     def apply_retention(self, now: float) -> None:
-        """Delete finished jobs older than keep_done_days / keep_failed_days, at start and hourly."""
         self.next_retention = now + RETENTION_INTERVAL_SECONDS
-        keep = {"done": self.config.keep_done_days, "failed": self.config.keep_failed_days,
-                "rejected": self.config.keep_failed_days}
-        for folder, days in keep.items():
-            if days > 0:
-                try:
-                    removed = purge_folder(self.paths, folder, days * 86400, now=now)
-                except OSError as e:
-                    log.error("retention of %s/ failed: %s", folder, e)
-                    continue
-                if removed:
-                    log.info("retention: removed %d job(s) older than %g day(s) from %s/", removed, days, folder)
+        apply_retention(self.paths, self.config, now=now)
 
     def has_free_slot(self, now: float) -> bool:
         return now >= self.hold_claims_until and len(self.children) + len(self.pending) < self.config.workers
@@ -323,7 +306,7 @@ class Daemon:
                 running.child.cleanup()
                 self.finish(running.claim, outcome, running.child.pid, now)
                 if self.node is not None:
-                    (self.node.folder / f".{job_id}{CANCEL_SUFFIX}").unlink(missing_ok=True)
+                    cancel_marker(self.node.folder, job_id).unlink(missing_ok=True)
             except Exception:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
 

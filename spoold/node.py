@@ -25,6 +25,25 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 INFO_NAME = ".info"
+CANCEL_SUFFIX = ".cancel"
+
+
+def cancel_marker(folder: Path, job_id: str) -> Path:
+    """`.ID.cancel` in a daemon's folder asks it to stop that job's child (`spoold cancel`)."""
+    return folder / f".{job_id}{CANCEL_SUFFIX}"
+
+
+def is_cancel_marker(name: str) -> bool:
+    return name.startswith(".") and name.endswith(CANCEL_SUFFIX)
+
+
+def cancel_requests(folder: Path) -> list[str]:
+    """The ids with a cancel marker in `folder`."""
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return []
+    return [name[1: -len(CANCEL_SUFFIX)] for name in names if is_cancel_marker(name)]
 
 
 def _host() -> str:

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 
+from spoold.config import Config
 from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, SpoolPaths, is_job_name
 
 log = logging.getLogger(__name__)
@@ -59,3 +60,18 @@ def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, n
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(paths.folder(folder), reason))
     return removed
+
+
+def apply_retention(paths: SpoolPaths, config: Config, *, now: float) -> None:
+    """Delete finished jobs older than keep_done_days / keep_failed_days (0 keeps them forever)."""
+    keep = {"done": config.keep_done_days, "failed": config.keep_failed_days, "rejected": config.keep_failed_days}
+    for folder, days in keep.items():
+        if days <= 0:
+            continue
+        try:
+            removed = purge_folder(paths, folder, days * 86400, now=now)
+        except OSError as e:
+            log.error("retention of %s/ failed: %s", folder, e)
+            continue
+        if removed:
+            log.info("retention: removed %d job(s) older than %g day(s) from %s/", removed, days, folder)
