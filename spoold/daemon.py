@@ -314,13 +314,16 @@ class Daemon:
         assert self.node is not None and self.intake is not None
         job = claim.job
         settled = settle_run(job, outcome, self.config, node=self.node.id, pid=pid, now=now)
-        if settled.folder == "done" and job.chain:
-            hand_on_chain(self.mover, self.config, job, now)
         self.write(job, claim.path, settled, outcome.duration_ms, now)
 
     def write(self, job: Job, path: Path, settled: Settled, duration_ms: int | None, now: float) -> None:
-        """Commit the job's new state and log it; a spool that cannot be written is retried, not failed."""
+        """Commit the job's new state (handing its chain on first) and log it.
+
+        A spool that cannot be written is retried every second, never counted as the job's failure.
+        """
         try:
+            if settled.folder == "done" and job.chain:
+                hand_on_chain(self.mover, self.config, job, now)  # before the commit: a crash re-runs, not loses
             target = self.mover.commit(job, path, settled.folder)
         except LostClaim as e:
             log.warning("%s", e)
