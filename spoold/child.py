@@ -30,6 +30,16 @@ def _error(exc: BaseException) -> dict[str, Any]:
             "mro": [cls.__name__ for cls in type(exc).__mro__]}
 
 
+def limit_memory(megabytes: int) -> None:
+    """Cap the child's address space (RLIMIT_AS) where the platform has setrlimit; a no-op elsewhere."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return
+    limit = megabytes * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
     """The job's outcome as a JSON-ready dict: success with result, or failure with error.
 
@@ -49,10 +59,19 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     except BaseException as e:  # an error raised while importing the job's module is a failed run
         return _error(e)
     try:
+        if spec.get("memory_limit_mb"):
+            limit_memory(int(spec["memory_limit_mb"]))
         bound = getattr(cls(), method_name)
         prefix = [spec["previous_result"]] if "previous_result" in spec else []  # a chain step (SPEC §5)
         result = bound(*prefix, **params) if isinstance(params, dict) else bound(*prefix, *params)
         json.dumps(result)
+    except MemoryError as e:
+        if not spec.get("memory_limit_mb"):
+            return _error(e)
+        outcome = _error(e)
+        outcome["error"].update(type="MemoryLimit", message=f"exceeded memory_limit_mb = {spec['memory_limit_mb']}")
+        outcome["mro"] = ["MemoryLimit", *outcome["mro"]]
+        return outcome
     except BaseException as e:  # the job's own failure, whatever it is, is reported, not raised
         return _error(e)
     return {"status": "success", "result": result}

@@ -50,6 +50,9 @@ class Config:
     priority_aging_seconds: float = 0.0
     keep_done_days: float = 7.0
     keep_failed_days: float = 30.0
+    durability: Literal["fsync", "fast"] = "fsync"
+    file_events: bool = True
+    memory_limit_mb: int = 0
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -89,6 +92,12 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
             raise ValueError(f"expected one of {', '.join(repr(a) for a in allowed)}, got {value!r}")
         return str(value)
     return convert
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
 
 
 def _string(value: Any) -> str:
@@ -141,6 +150,9 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "priority_aging_seconds": _number(0, inclusive=True),
     "keep_done_days": _number(0, inclusive=True),
     "keep_failed_days": _number(0, inclusive=True),
+    "durability": _choice("fsync", "fast"),
+    "file_events": _boolean,
+    "memory_limit_mb": _integer(0),
 }
 TABLES = ("allowed_jobs", "job_priority", "retry_on")
 

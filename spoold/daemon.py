@@ -62,7 +62,7 @@ class Daemon:
         self.drain = drain
         self.paths = SpoolPaths(config.spool_dir)
         self.events = EventLog(config.log_dir)
-        self.mover = Mover(self.paths)
+        self.mover = Mover(self.paths, durable=self.config.durability == "fsync")
         self.index = ReadyIndex(self.paths)
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
         self.waker = Waker()
@@ -89,7 +89,8 @@ class Daemon:
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
                                self.waker)
-        self.watcher.start()
+        if self.config.file_events:
+            self.watcher.start()
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
 
     def close(self) -> None:
@@ -175,6 +176,9 @@ class Daemon:
             log.warning("spool_dir/log_dir changes need a restart; keeping %s", self.paths.root)
             new = replace(new, spool_dir=self.config.spool_dir, log_dir=self.config.log_dir)
         self.config = new
+        self.mover = Mover(self.paths, durable=new.durability == "fsync")
+        if self.intake is not None:
+            self.intake.mover = self.mover
         log.info("configuration reloaded from %s", new.path)
 
     def rescan(self, now: float) -> None:

@@ -48,6 +48,10 @@ COMMENTS: dict[str, str] = {
                               "0: strict high > medium > low.",
     "keep_done_days": "Days a job stays in done/ before the daemon deletes it; 0 keeps it forever.",
     "keep_failed_days": "Days a job stays in failed/ (and a file in rejected/) before deletion; 0 keeps it forever.",
+    "durability": '"fsync": every state change survives a power loss; "fast": no fsync (a crash of the machine '
+                  "may lose recent moves).",
+    "file_events": "Watch the ready folders for file events; false relies on rescans only (network filesystems).",
+    "memory_limit_mb": "Address-space limit of each job's child in MiB (where the platform has setrlimit); 0: none.",
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.

@@ -47,7 +47,7 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
     """Run `job` to its end; returns (0 done | 1 failed, the final document)."""
     paths = SpoolPaths(config.spool_dir)
     paths.create()
-    mover, events = Mover(paths), EventLog(config.log_dir)
+    mover, events = Mover(paths, durable=config.durability == "fsync"), EventLog(config.log_dir)
     node = open_node(paths, workers=1, kind="now-")
     claimed = node.folder / (job.id + JOB_SUFFIX)
     mover.write(job, f"running/{node.id}")

@@ -168,6 +168,8 @@ def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str]
         "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
         "root": str(config.root), "allowed_methods": list(allowed_methods),
         "result_path": str(scratch / "result.json")}
+    if config.memory_limit_mb:
+        spec["memory_limit_mb"] = config.memory_limit_mb
     if "previous_result" in job.doc:
         spec["previous_result"] = job.doc["previous_result"]
     (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")

@@ -86,7 +86,7 @@ def write_job(config: Config, job: Job, folder: str) -> Path:
     try:
         paths.tmp.mkdir(parents=True, exist_ok=True)
         target.parent.mkdir(parents=True, exist_ok=True)
-        publish(paths.tmp, data, target)
+        publish(paths.tmp, data, target, durable=config.durability == "fsync")
     except OSError as e:
         raise SpoolWriteError(f"cannot write {target}: {e.strerror or e}") from e
     return target

@@ -104,3 +104,19 @@ class SlowSentinel:
             handle.write(text + "\n")
         time.sleep(float(seconds))
         return text
+
+
+class Allocate:
+    """Holds `megabytes` of memory for a moment: exceeds a small memory_limit_mb."""
+
+    def handle(self, megabytes: str) -> int:
+        block = bytearray(int(megabytes) * 1024 * 1024)
+        return len(block) // (1024 * 1024)
+
+
+class KillParent:
+    """A poison job: kills the daemon that runs it (its parent), every time."""
+
+    def handle(self) -> None:
+        os.kill(os.getppid(), signal.SIGKILL)
+        time.sleep(5)

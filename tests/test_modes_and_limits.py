@@ -1,0 +1,64 @@
+"""Config switches of issue 4: durability, file events off, the memory limit, and poison jobs."""
+
+from __future__ import annotations
+
+import time
+
+from conftest import Project, wait_for
+
+
+def _set_keys(project: Project, **keys: object) -> None:
+    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
+
+
+def test_fast_durability_runs_jobs_the_same_way(project: Project) -> None:
+    _set_keys(project, durability='"fast"')
+    job_id = project.submit("Echo", "handle", ["quick"])
+    assert project.drain().returncode == 0
+    assert project.doc("done", job_id)["result"] == ["quick"]
+
+
+def test_with_file_events_off_a_job_is_found_by_the_next_rescan(project: Project) -> None:
+    project.configure(rescan_seconds=1)
+    _set_keys(project, file_events="false")
+    daemon = project.start()
+    time.sleep(0.3)  # the first rescan has passed: only the next one can find the job
+    submitted = time.monotonic()
+    job_id = project.submit("Echo", "handle", ["polled"])
+    wait_for(lambda: project.has("done", job_id), 5, "found by a rescan")
+    assert time.monotonic() - submitted < 1 + 1.5  # one rescan period, plus the run itself
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_job_over_its_memory_limit_fails_as_memory_limit(project: Project) -> None:
+    _set_keys(project, memory_limit_mb=300)
+    small = project.submit("Allocate", "handle", ["10"])
+    big = project.submit("Allocate", "handle", ["1000"])
+    assert project.drain().returncode == 0
+    assert project.doc("done", small)["result"] == 10
+    error = project.doc("failed", big)["error"]
+    assert error["type"] == "MemoryLimit"
+    assert "memory_limit_mb = 300" in error["message"]
+    failure = [line for line in project.log_lines() if f" job={big} " in line][-1]
+    assert "status=failure" in failure and "error=MemoryLimit" in failure
+
+
+def test_a_poison_job_that_kills_its_daemon_ends_in_failed_and_others_keep_flowing(project: Project) -> None:
+    project.configure(retry_attempts=2, workers=1)
+    poison = project.submit("KillParent", "handle", [], priority="high")
+    others = [project.submit("Echo", "handle", [str(n)], priority="low") for n in range(3)]
+    restarts = 0
+    while not project.has("failed", poison):
+        assert restarts < 6, "the poison job was retried without bound"
+        daemon = project.start()
+        wait_for(lambda d=daemon: d.poll() is not None or project.has("failed", poison), 15, "daemon killed")
+        restarts += 1
+        if daemon.poll() is None:
+            project.stop(daemon)
+    assert restarts == 4  # three runs (first + 2 retries) killed three daemons; the fourth fails it
+    doc = project.doc("failed", poison)
+    assert doc["error"]["type"] == "Orphaned"
+    assert [h["error_type"] for h in doc["history"]] == ["Orphaned"] * 3
+    assert project.drain().returncode == 0
+    assert all(project.has("done", job_id) for job_id in others)
