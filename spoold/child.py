@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -77,7 +80,26 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return {"status": "success", "result": result}
 
 
+def die_with_parent(interval: float = 0.5) -> None:
+    """If the daemon dies, take the job's whole process group down too (notes case 5).
+
+    The daemon that recovers the job runs it again; an orphan still running it would be a second copy.
+    POSIX only: a reparented child sees its parent pid change.
+    """
+    if os.name != "posix":
+        return
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
 def main() -> None:
+    die_with_parent()
     spec_path = Path(sys.argv[1])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     outcome = run(spec)

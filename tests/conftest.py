@@ -62,6 +62,19 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = ""
     return value
 
 
+def process_gone(pid: int) -> bool:
+    """True once `pid` has exited; a zombie left to a reaper that is not the daemon (pid 1) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
 class Project:
     """A folder with bgjobs.toml, a `jobs` namespace and a spool: what a user's app looks like."""
 

@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Project, wait_for
+from conftest import Project, process_gone, wait_for
 
 
 def _set_keys(project: Project, **keys: object) -> None:
@@ -106,17 +106,8 @@ def test_a_cancel_marker_stops_the_running_child_and_the_job_fails_as_cancelled(
     assert doc["history"][-1]["outcome"] == "failure" and doc["history"][-1]["error_type"] == "Cancelled"
     wait_for(lambda: project.events(job_id) == ["started", "cancelled"], 5, "started, cancelled")
     wait_for(lambda: not (folder / f".{job_id}.cancel").exists(), 5, "marker removed")
-    wait_for(lambda: _gone(pid), 5, "child gone")
+    wait_for(lambda: process_gone(pid), 5, "child gone")
     assert project.stop(daemon)[0] == 0
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    status = Path(f"/proc/{pid}/status")
-    return status.exists() and "zombie" in status.read_text()
 
 
 def test_a_file_left_by_a_dead_operator_command_goes_back_where_its_status_says(project: Project) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from datetime import datetime, timedelta
@@ -11,20 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
-
-
-def process_gone(pid: int) -> bool:
-    """True once `pid` has exited; a zombie left to a reaper that is not the daemon (pid 1) counts as gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+from conftest import Project, process_gone, wait_for
 
 
 def read_pid(path: Path) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Project, wait_for
+from conftest import Project, process_gone, wait_for
 
 
 def _set_keys(project: Project, **keys: object) -> None:
@@ -62,3 +62,15 @@ def test_a_poison_job_that_kills_its_daemon_ends_in_failed_and_others_keep_flowi
     assert [h["error_type"] for h in doc["history"]] == ["Orphaned"] * 3
     assert project.drain().returncode == 0
     assert all(project.has("done", job_id) for job_id in others)
+
+
+def test_when_the_daemon_is_killed_its_running_child_dies_too(project: Project) -> None:
+    """The recovering daemon runs the job again: an orphan still running it would be a second copy."""
+    marker = project.root / "pid"
+    daemon = project.start()
+    project.submit("Sleep", "handle", ["30", str(marker)])
+    wait_for(marker.exists, 10, "child started")
+    pid = int(marker.read_text())
+    daemon.kill()
+    daemon.wait(timeout=10)
+    wait_for(lambda: process_gone(pid), 5, "orphaned child gone")
