@@ -344,6 +344,8 @@ class Daemon:
                               detail=settled.detail)
 
     def retry_pending(self, now: float) -> None:
+        if self.mover.stale:
+            self.mover.remove_stale()
         due = [p for p in self.pending if p.retry_at <= now]
         self.pending = [p for p in self.pending if p.retry_at > now]
         for item in due:

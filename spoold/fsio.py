@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import logging
 import os
 import secrets
 import stat
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # link() is how POSIX gives a rename that never replaces; some filesystems (FAT, some FUSE) lack it.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
@@ -41,23 +45,42 @@ def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str =
     return path
 
 
-def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> None:
-    """Move src to dst, raising FileExistsError rather than replacing anything at dst (notes R1)."""
-    if os.name == "posix":
-        try:
-            os.link(src, dst, follow_symlinks=False)
-        except OSError as e:
-            if e.errno not in _NO_LINK:
-                raise
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
-            os.rename(src, dst)
-        else:
-            os.unlink(src)
-    else:
-        os.rename(src, dst)  # Windows never replaces with rename
+def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
+    """Move src to dst, raising FileExistsError rather than replacing anything at dst (notes R1).
+
+    The move counts once dst is linked and its folder fsynced; a failed fsync undoes the link and
+    raises, so the caller redoes it from the source (notes R4). A source that cannot be removed
+    afterwards is left as a duplicate, logged, and False is returned: never redo a committed move.
+    """
+    if os.name != "posix":
+        os.rename(src, dst)  # Windows never replaces with rename, and cannot fsync a folder
+        return True
+    try:
+        os.link(src, dst, follow_symlinks=False)
+    except OSError as e:
+        if e.errno not in _NO_LINK:
+            raise
+        if os.path.lexists(dst):
+            raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
+        os.rename(src, dst)
+        if durable:
+            fsync_dir(dst.parent)
+        return True
     if durable:
-        fsync_dir(dst.parent)
+        try:
+            fsync_dir(dst.parent)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(dst)
+            raise
+    try:
+        os.unlink(src)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not os.path.lexists(src):
+            return True  # gone indeed (over NFS, a retransmitted unlink may say so after succeeding)
+        log.warning("moved %s to %s but cannot remove the source (%s): a duplicate is left", src, dst, e)
+        return False
+    return True
 
 
 def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True) -> None:

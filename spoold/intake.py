@@ -20,7 +20,7 @@ from spoold.fsio import read_bounded
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
 from spoold.node import Node
-from spoold.paths import JOB_SUFFIX, id_from_name, new_job_id
+from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id
 from spoold.transitions import Mover
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,9 @@ class Intake:
         try:
             os.rename(path, target)
         except FileNotFoundError:
-            return None  # another daemon (or a person) took it first
+            if not os.path.lexists(target):
+                return None  # another daemon (or a person) took it first
+            # Ours all the same: over NFS a retransmitted rename reports ENOENT after succeeding (notes N1).
         return self._check_claimed(config, folder, name, target, job_id, now)
 
     def _check_claimed(self, config: Config, folder: Path, name: str, target: Path, job_id: str,
@@ -124,6 +126,8 @@ class Intake:
             return None
         if job_id + JOB_SUFFIX != name:
             job.doc["source_name"] = name
+        if folder.name in READY:
+            job.doc["priority"] = folder.name  # for a dropped file, the folder wins (SPEC §3): retries go back there
         if self.mover.id_taken(job_id):
             job.doc.setdefault("source_name", name)
             job.id = new_job_id()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from spoold.fsio import move_no_replace, publish
@@ -23,12 +23,27 @@ class LostClaim(Exception):
     """Raised when our running/DAEMON/ copy is gone: someone moved it; the result is not written back."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Mover:
-    """The file moves of one node (daemon or `--now` run), durable unless `durable` is off."""
+    """The file moves of one node (daemon or `--now` run), durable unless `durable` is off.
+
+    `stale` holds claimed copies whose job was committed elsewhere but that could not be removed:
+    they are removed later, never committed again.
+    """
 
     paths: SpoolPaths
     durable: bool = True
+    stale: list[Path] = field(default_factory=list)
+
+    def remove_stale(self) -> None:
+        for path in list(self.stale):
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue
+            self.stale.remove(path)
 
     def id_taken(self, job_id: str, *, besides: Path | None = None) -> bool:
         """True if another file in a state folder already has this id (notes case 15)."""
@@ -57,16 +72,22 @@ class Mover:
         target = self.write(job, folder)
         try:
             os.unlink(claimed)
-        except FileNotFoundError:
-            log.warning("job=%s claim %s vanished during commit", job.id, claimed)
+        except OSError as e:  # committed all the same: a copy left behind is removed later, never redone
+            if isinstance(e, FileNotFoundError) and not os.path.lexists(claimed):
+                log.warning("job=%s claim %s vanished during commit", job.id, claimed)
+            else:
+                log.error("job=%s is in %s/ but %s cannot be removed yet: %s", job.id, folder, claimed, e)
+                self.stale.append(claimed)
         return target
 
     def write_back(self, claimed: Path, original: Path) -> None:
         """Undo a claim, bytes unchanged; if the name was taken meanwhile, use a fresh one beside it."""
         try:
-            move_no_replace(claimed, original, durable=self.durable)
+            moved = move_no_replace(claimed, original, durable=self.durable)
         except FileExistsError:
-            move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
+            moved = move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
+        if not moved:
+            self.stale.append(claimed)
 
     def reject(self, source: Path, reason: str, *, dropped_as: str | None = None) -> tuple[str, str]:
         """Move a file, bytes unchanged, to rejected/ with ID.reason beside it; returns (id, reason).
@@ -80,7 +101,8 @@ class Mover:
             reason = f"{reason} (dropped as {original!r})"
         for _ in range(3):
             try:
-                move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable)
+                if not move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable):
+                    self.stale.append(source)
                 break
             except FileExistsError:
                 job_id = new_job_id()

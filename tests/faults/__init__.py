@@ -1,0 +1,1 @@
+"""Fault injection for the crash-point suite: run spoold with one `os` call made to fail or to kill it."""
