@@ -11,13 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
-from spoold.errors import ConfigError, SpoolWriteError, SubmitError
+from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
+from spoold.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.paths import JOB_SUFFIX, SpoolPaths
 
-EXIT_OK = 0
-EXIT_JOB_FAILED = 1
-EXIT_USAGE = 2
-EXIT_SPOOL = 3
 WAIT_POLL_SECONDS = 0.05
 
 
@@ -54,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     allow.add_argument("class_name", metavar="CLASS")
     allow.add_argument("methods", metavar="METHOD", nargs="+")
     _config_option(allow)
+    add_operator_commands(sub, _config_option)
     return parser
 
 
@@ -143,7 +141,7 @@ def cmd_allow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"start": cmd_start, "submit": cmd_submit, "init": cmd_init, "allow": cmd_allow}
+COMMANDS = {"start": cmd_start, "submit": cmd_submit, "init": cmd_init, "allow": cmd_allow, **OPERATOR_COMMANDS}
 
 
 def dispatch(args: argparse.Namespace) -> int:

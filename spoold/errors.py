@@ -4,6 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+# Exit codes of every command (SPEC §6).
+EXIT_OK = 0
+EXIT_JOB_FAILED = 1  # the job failed (--wait, --now); for retry/cancel/show: an id could not be acted on
+EXIT_USAGE = 2  # usage, configuration or invalid job
+EXIT_SPOOL = 3  # the spool could not be written
+
 
 class SpooldError(Exception):
     """Base class of every error spoold raises on purpose."""

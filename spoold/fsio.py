@@ -45,6 +45,15 @@ def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str =
     return path
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """True if both names are links to one file (never follows a symlink)."""
+    try:
+        first, second = os.lstat(a), os.lstat(b)
+    except OSError:
+        return False
+    return (first.st_ino, first.st_dev) == (second.st_ino, second.st_dev)
+
+
 def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
     """Move src to dst, raising FileExistsError rather than replacing anything at dst (notes R1).
 
@@ -58,14 +67,17 @@ def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as e:
-        if e.errno not in _NO_LINK:
+        if same_file(src, dst):
+            pass  # linked after all: a retransmitted NFS link reports EEXIST after succeeding (notes N1)
+        elif e.errno not in _NO_LINK:
             raise
-        if os.path.lexists(dst):
-            raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
-        os.rename(src, dst)
-        if durable:
-            fsync_dir(dst.parent)
-        return True
+        else:
+            if os.path.lexists(dst):
+                raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
+            os.rename(src, dst)
+            if durable:
+                fsync_dir(dst.parent)
+            return True
     if durable:
         try:
             fsync_dir(dst.parent)

@@ -107,10 +107,13 @@ class Intake:
             target = self.node.folder / (job_id + JOB_SUFFIX)
         try:
             os.rename(path, target)
-        except FileNotFoundError:
+        except OSError as e:
+            # The target in our own folder is the proof: over NFS a retransmitted rename reports an
+            # error after succeeding (notes N1), and no one else ever renames into our folder.
             if not os.path.lexists(target):
-                return None  # another daemon (or a person) took it first
-            # Ours all the same: over NFS a retransmitted rename reports ENOENT after succeeding (notes N1).
+                if isinstance(e, FileNotFoundError):
+                    return None  # another daemon (or a person) took it first
+                raise
         return self._check_claimed(config, folder, name, target, job_id, now)
 
     def _check_claimed(self, config: Config, folder: Path, name: str, target: Path, job_id: str,

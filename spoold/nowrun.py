@@ -16,24 +16,30 @@ from spoold.chain import hand_on_chain
 from spoold.config import Config
 from spoold.job import Job
 from spoold.logs import EventLog
-from spoold.node import open_node
+from spoold.node import cancel_marker, cancel_requests, open_node
 from spoold.outcomes import begin_run, ready_folder, settle_run
 from spoold.paths import JOB_SUFFIX, SpoolPaths
 from spoold.runner import ChildProcess, Outcome, start_child
 from spoold.schedule import due_time
 from spoold.transitions import Mover
 
+CANCEL_POLL_SECONDS = 0.2
 
-def _run_once(job: Job, config: Config, scratch_root: Path) -> tuple[Outcome, ChildProcess]:
+
+def _run_once(job: Job, config: Config, scratch_root: Path, folder: Path) -> tuple[Outcome, ChildProcess]:
+    """One run in a child, killed past its limit or when `spoold cancel` leaves a marker in `folder`."""
     done = threading.Event()
     limit = config.max_execution_time
     timeout = min(float(job.doc.get("timeout_seconds", limit)), limit)
     child = start_child(job, config, scratch_root / f"{job.id}-{job.attempts}", lambda _id: done.set(),
                         allowed_methods=config.allowed_jobs[job.class_name], timeout=timeout)
     try:
-        if not done.wait(timeout):
-            child.kill("Timeout")
-            done.wait()
+        while not done.wait(max(0.0, min(CANCEL_POLL_SECONDS, child.deadline - time.monotonic()))):
+            if time.monotonic() >= child.deadline:
+                child.kill("Timeout")
+            elif job.id in cancel_requests(folder):
+                child.kill("Cancelled")
+        cancel_marker(folder, job.id).unlink(missing_ok=True)
     except BaseException:
         child.kill("Interrupted")
         done.wait()
@@ -61,7 +67,7 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
             job.doc.pop("delay_seconds", None)
             begin_run(job, time.time())
             events.event("started", job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts)
-            outcome, child = _run_once(job, config, scratch)
+            outcome, child = _run_once(job, config, scratch, node.folder)
             now = time.time()
             settled = settle_run(job, outcome, config, node=node.id, pid=child.pid, now=now)
             events.event(settled.log_status, job=job.id, class_=job.class_name, method=job.method,

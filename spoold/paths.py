@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 READY = ("high", "medium", "low")
-STATE_FOLDERS = ("tmp", *READY, "scheduled", "running", "done", "failed", "rejected")
+JOB_FOLDERS = (*READY, "scheduled", "running", "done", "failed", "rejected")
+STATE_FOLDERS = ("tmp", *JOB_FOLDERS)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 JOB_SUFFIX = ".json"
 REASON_SUFFIX = ".reason"
