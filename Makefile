@@ -29,3 +29,10 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+# make bench [BENCH_SCALE=small]: spoold against Huey and RQ in one run (bench/README.md); needs apt-get
+# for redis-server the first time. Results: bench/results/.
+BENCH_SCALE ?= full
+.PHONY: bench
+bench:
+	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/run.sh

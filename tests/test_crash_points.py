@@ -80,7 +80,7 @@ def test_a_sigkill_at_any_spool_call_loses_and_duplicates_nothing(project: Proje
             check_invariants(case, expected)
 
 
-@pytest.mark.parametrize("error", ["ENOSPC", "EIO", "EACCES", "ENOENT", "ENOENT-after"])
+@pytest.mark.parametrize("error", ["ENOSPC", "EIO", "EACCES", "ENOENT", "ENOENT-after", "EEXIST-after"])
 @pytest.mark.parametrize("func", ["rename", "link", "unlink", "fsync"])
 def test_a_failing_spool_call_is_retried_and_loses_nothing(project: Project, func: str, error: str) -> None:
     expected = scenario(project)
