@@ -25,7 +25,7 @@ lint: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m 'not soak'
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
@@ -36,3 +36,11 @@ BENCH_SCALE ?= full
 .PHONY: bench
 bench:
 	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/run.sh
+
+# make soak [SOAK_ARGS="--scale 0.05 --only many-daemons,crash-loop"]: the long scenarios (soak/run.py):
+# 5,000 jobs on 4 daemons, a SIGKILL halfway, a crash loop, a 50,000-file burst, memory, every crash point.
+# Prints a table (jobs, faults, restarts, lost, duplicated) and writes soak/results/latest.json.
+SOAK_ARGS ?=
+.PHONY: soak
+soak: $(STAMP)
+	$(BIN)/python soak/run.py $(SOAK_ARGS)

@@ -54,37 +54,58 @@ def same_file(a: Path, b: Path) -> bool:
     return (first.st_ino, first.st_dev) == (second.st_ino, second.st_dev)
 
 
-def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
-    """Move src to dst, raising FileExistsError rather than replacing anything at dst (notes R1).
+class NameTaken(FileExistsError):
+    """Raised when the destination name of a no-replace move is already taken (and only then)."""
 
-    The move counts once dst is linked and its folder fsynced; a failed fsync undoes the link and
-    raises, so the caller redoes it from the source (notes R4). A source that cannot be removed
-    afterwards is left as a duplicate, logged, and False is returned: never redo a committed move.
-    """
-    if os.name != "posix":
-        os.rename(src, dst)  # Windows never replaces with rename, and cannot fsync a folder
-        return True
+    def __init__(self, dst: Path) -> None:
+        super().__init__(errno.EEXIST, "name taken", str(dst))
+
+
+def _link(src: Path, dst: Path) -> bool:
+    """link(src, dst); False when the filesystem has no hard links. NameTaken if dst exists."""
     try:
         os.link(src, dst, follow_symlinks=False)
     except OSError as e:
         if same_file(src, dst):
-            pass  # linked after all: a retransmitted NFS link reports EEXIST after succeeding (notes N1)
-        elif e.errno not in _NO_LINK:
+            return True  # linked after all: a retransmitted NFS link reports EEXIST after succeeding (notes N1)
+        if e.errno == errno.EEXIST:
+            raise NameTaken(dst) from e
+        if e.errno not in _NO_LINK:
             raise
-        else:
-            if os.path.lexists(dst):
-                raise FileExistsError(errno.EEXIST, "file exists", str(dst)) from e
-            os.rename(src, dst)
-            if durable:
+        return False
+    return True
+
+
+def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
+    """Move src to dst, raising NameTaken rather than replacing anything at dst (notes R1).
+
+    Any other error, a FileExistsError from elsewhere included, is an I/O failure, not a taken name.
+    The move counts once dst is linked and its folder fsynced; a failed fsync undoes the link and
+    raises, so the caller redoes it from the source (notes R4). A source that cannot be removed
+    afterwards is left as a duplicate, logged, and False is returned: never redo a committed move.
+    """
+    if os.name == "posix" and _link(src, dst):
+        if durable:
+            try:
                 fsync_dir(dst.parent)
-            return True
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                raise
+        return _remove_source(src, dst)
+    # Windows (rename never replaces there), or a filesystem without hard links (checked, then renamed).
+    if os.name == "posix" and os.path.lexists(dst):
+        raise NameTaken(dst)
+    try:
+        os.rename(src, dst)
+    except FileExistsError as e:
+        raise NameTaken(dst) from e
     if durable:
-        try:
-            fsync_dir(dst.parent)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(dst)
-            raise
+        fsync_dir(dst.parent)
+    return True
+
+
+def _remove_source(src: Path, dst: Path) -> bool:
     try:
         os.unlink(src)
     except OSError as e:

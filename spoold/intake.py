@@ -7,6 +7,7 @@ only once it has not changed for `settle_seconds` (SPEC §2).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -61,15 +62,24 @@ def parse_allowed(config: Config, data: bytes, job_id: str) -> Job:
     return job
 
 
+TRANSIENT_READ_SECONDS = 1.0
+
+
 def _read_job(config: Config, path: Path, job_id: str) -> Job:
+    """Read and check a job file. JobRejected for what will not change (too large, not readable, invalid);
+    other OSErrors (ENOENT, ESTALE, EIO) propagate: they say nothing about the job itself."""
     try:
         data = read_bounded(path, config.max_job_bytes)
     except ValueError as e:
         raise JobRejected(str(e)) from e
     except PermissionError as e:
         raise JobRejected("cannot be read: permission denied") from e
+    except IsADirectoryError as e:
+        raise JobRejected("not a regular file; never opened") from e
     except OSError as e:
-        raise JobRejected(f"cannot be read: {e.strerror or e}") from e
+        if e.errno == errno.ELOOP:  # became a symlink after the lstat: O_NOFOLLOW refused it
+            raise JobRejected("a symlink, not a job file; never opened") from e
+        raise
     return parse_allowed(config, data, job_id)
 
 
@@ -99,7 +109,7 @@ class Intake:
         if settles_at > now:
             try:
                 _read_job(config, path, job_id)
-            except JobRejected:
+            except (JobRejected, OSError):
                 return Deferred(settles_at)  # maybe still being written: not run, not rejected
         target = self.node.folder / (job_id + JOB_SUFFIX)
         if os.path.lexists(target):
@@ -120,6 +130,13 @@ class Intake:
                        now: float) -> Claim | Deferred | None:
         try:
             job = _read_job(config, target, job_id)
+        except FileNotFoundError:
+            log.warning("job=%s claim %s vanished before it was read (lost claim)", job_id, target)
+            return None
+        except OSError as e:  # ESTALE, EIO...: not the job's fault; put it back and look again soon
+            log.warning("job=%s cannot read %s (%s); putting it back", job_id, target, e)
+            self.mover.write_back(target, folder / name)
+            return Deferred(now + TRANSIENT_READ_SECONDS)
         except JobRejected as e:
             mtime = os.lstat(target).st_mtime
             if mtime + config.settle_seconds > now:

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spoold.fsio import move_no_replace, publish
+from spoold.fsio import NameTaken, move_no_replace, publish
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
 
@@ -58,7 +58,7 @@ class Mover:
         target = self.paths.job_file(folder, job.id)
         try:
             publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
-        except FileExistsError:
+        except NameTaken:
             job.doc.setdefault("source_name", job.id + JOB_SUFFIX)
             job.id = new_job_id()
             target = self.paths.job_file(folder, job.id)
@@ -84,7 +84,7 @@ class Mover:
         """Undo a claim, bytes unchanged; if the name was taken meanwhile, use a fresh one beside it."""
         try:
             moved = move_no_replace(claimed, original, durable=self.durable)
-        except FileExistsError:
+        except NameTaken:
             moved = move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
         if not moved:
             self.stale.append(claimed)
@@ -104,10 +104,10 @@ class Mover:
                 if not move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable):
                     self.stale.append(source)
                 break
-            except FileExistsError:
+            except NameTaken:
                 job_id = new_job_id()
         else:
-            raise FileExistsError(f"no free name in rejected/ for {source.name}")
+            raise NameTaken(self.paths.job_file("rejected", job_id))
         reason = reason.replace("\n", " ").replace("\r", " ")
         publish(self.paths.tmp, (reason + "\n").encode("utf-8"), self.paths.reason_file(job_id), durable=self.durable)
         return job_id, reason
