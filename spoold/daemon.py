@@ -88,7 +88,7 @@ class Daemon:
         self.intake = Intake(self.node, self.mover, self.events)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
-                               self.waker)
+                               self.waker, root=self.paths.root)
         if self.config.file_events:
             self.watcher.start()
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
@@ -138,6 +138,9 @@ class Daemon:
         self.collect_finished(now)
         self.retry_pending(now)
         self.enforce_deadlines()
+        if self.watcher.rearm_needed:  # renew the watch, and find by a rescan what arrived before it
+            self.watcher.rearm()
+            self.index.rescan(now)
         if now >= self.next_rescan:
             self.rescan(now)
         for path in self.watcher.take_hints():
@@ -182,6 +185,13 @@ class Daemon:
         log.info("configuration reloaded from %s", new.path)
 
     def rescan(self, now: float) -> None:
+        try:
+            # A state folder removed by hand is made again, at the periodic rescan only: made at once, it
+            # would beat the person's own `rm -r low && mkdir low` (notes case 28).
+            self.paths.create()
+        except OSError as e:
+            log.error("cannot create the spool folders: %s", e)
+        self.watcher.rearm()
         self.index.rescan(now)
         self.scheduled.rescan()
         self.cancel_marked()

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
-from watchdog.observers.api import BaseObserver
+from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
 
@@ -51,39 +51,90 @@ class Waker:
 
 
 class _Hints(FileSystemEventHandler):
-    def __init__(self, waker: Waker) -> None:
+    def __init__(self, waker: Waker, folders: Iterable[Path]) -> None:
         self.waker = waker
         self.lock = threading.Lock()
         self.paths: set[str] = set()
+        self.folders = {str(folder) for folder in folders}
+        self.replaced: set[str] = set()
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        if event.event_type in ("opened", "closed_no_write") or event.is_directory:
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        raws = [os.fsdecode(raw) for raw in (event.src_path, getattr(event, "dest_path", "")) if raw]
+        if event.is_directory:
+            # A watched folder itself was removed, replaced or (re)created: its watch must be renewed.
+            replaced = self.folders.intersection(raws)
+            if replaced:
+                with self.lock:
+                    self.replaced.update(replaced)
+                self.waker.wake()
             return
         with self.lock:
-            for raw in (event.src_path, getattr(event, "dest_path", "")):
-                if raw:
-                    self.paths.add(os.fsdecode(raw))
+            self.paths.update(raws)
         self.waker.wake()
 
 
 class Watcher:
-    """Starts one observer with a non-recursive watch per folder (notes W2); degrades to rescans only."""
+    """One observer with a non-recursive watch per folder (notes W2); degrades to rescans only.
 
-    def __init__(self, folders: Iterable[Path], waker: Waker) -> None:
+    The spool root is watched too, so a ready folder removed and made again (`rm -r low && mkdir low`)
+    is noticed and its watch renewed (notes case 28); rescans catch what happened in between.
+    """
+
+    def __init__(self, folders: Iterable[Path], waker: Waker, *, root: Path | None = None) -> None:
         self.folders = list(folders)
-        self.hints = _Hints(waker)
+        self.root = root
+        self.hints = _Hints(waker, self.folders)
         self.observer: BaseObserver | None = None
+        self.watches: dict[Path, ObservedWatch] = {}
 
     def start(self) -> None:
         try:
             observer = Observer()
-            for folder in self.folders:
-                observer.schedule(self.hints, str(folder), recursive=False)
             observer.start()
         except OSError as e:
             log.warning("file notifications unavailable (%s); relying on rescans", e)
             return
         self.observer = observer
+        if self.root is not None:
+            self._watch(self.root)
+        for folder in self.folders:
+            self._watch(folder)
+
+    def _watch(self, folder: Path) -> None:
+        assert self.observer is not None
+        try:
+            self.watches[folder] = self.observer.schedule(self.hints, str(folder), recursive=False)
+        except OSError as e:
+            log.warning("cannot watch %s (%s); rescans will find its jobs", folder, e)
+
+    def rearm(self) -> None:
+        """Renew the watch of every folder that was removed or made again since the last call.
+
+        By name, not by inode: a folder made again at once often gets the old inode number back.
+        """
+        with self.hints.lock:
+            replaced, self.hints.replaced = self.hints.replaced, set()
+        if self.observer is None:
+            return
+        for folder in self.folders:
+            if str(folder) not in replaced:
+                continue
+            if not folder.is_dir():
+                with self.hints.lock:
+                    self.hints.replaced.add(str(folder))  # gone for now: renew once it is back
+                continue
+            old = self.watches.pop(folder, None)
+            if old is not None:
+                with contextlib.suppress(KeyError, OSError):
+                    self.observer.unschedule(old)
+            log.info("watching %s again (it was replaced)", folder)
+            self._watch(folder)
+
+    @property
+    def rearm_needed(self) -> bool:
+        return bool(self.hints.replaced)
 
     def take_hints(self) -> list[Path]:
         with self.hints.lock:

@@ -74,3 +74,19 @@ def test_when_the_daemon_is_killed_its_running_child_dies_too(project: Project) 
     daemon.kill()
     daemon.wait(timeout=10)
     wait_for(lambda: process_gone(pid), 5, "orphaned child gone")
+
+
+def test_a_ready_folder_removed_and_made_again_is_watched_again(project: Project) -> None:
+    """`rm -r spool/low && mkdir spool/low` while running (notes case 28): no crash, new drops run at once."""
+    import shutil
+
+    project.configure(rescan_seconds=30)  # only the renewed watch can find the job within the wait below
+    daemon = project.start()
+    low = project.spool / "low"
+    shutil.rmtree(low)
+    low.mkdir()
+    time.sleep(0.5)
+    job_id = project.submit("Echo", "handle", ["again"], priority="low")
+    wait_for(lambda: project.has("done", job_id), 5, "job in the new low/ ran")
+    assert daemon.poll() is None
+    assert project.stop(daemon)[0] == 0
