@@ -25,6 +25,10 @@ log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 INFO_NAME = ".info"
+# Folder-name prefixes of the nodes that are not daemons. The dot never comes out of a host name
+# (see _host), so a host called "now-box" cannot pass for a `--now` run.
+OPERATOR_KIND = "cli."
+NOW_KIND = "now."
 CANCEL_SUFFIX = ".cancel"
 
 
@@ -86,7 +90,7 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "") -> Node:
     staging.mkdir()
     lock = _lock(staging / LOCK_NAME)
     lock.acquire()
-    info = {"id": node_id, "host": socket.gethostname(), "pid": os.getpid(),
+    info = {"id": node_id, "kind": kind.rstrip(".") or "daemon", "host": socket.gethostname(), "pid": os.getpid(),
             "started_at": datetime.now(UTC).isoformat(), "workers": workers}
     (staging / INFO_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
     folder = paths.running_of(node_id)

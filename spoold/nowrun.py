@@ -16,7 +16,7 @@ from spoold.chain import hand_on_chain
 from spoold.config import Config
 from spoold.job import Job
 from spoold.logs import EventLog
-from spoold.node import cancel_marker, cancel_requests, open_node
+from spoold.node import NOW_KIND, cancel_marker, cancel_requests, open_node
 from spoold.outcomes import begin_run, ready_folder, settle_run
 from spoold.paths import JOB_SUFFIX, SpoolPaths
 from spoold.runner import ChildProcess, Outcome, start_child
@@ -54,7 +54,7 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
     paths = SpoolPaths(config.spool_dir)
     paths.create()
     mover, events = Mover(paths, durable=config.durability == "fsync"), EventLog(config.log_dir)
-    node = open_node(paths, workers=1, kind="now-")
+    node = open_node(paths, workers=1, kind=NOW_KIND)
     claimed = node.folder / (job.id + JOB_SUFFIX)
     mover.write(job, f"running/{node.id}")
     scratch = Path(tempfile.mkdtemp(prefix="spoold-now-"))

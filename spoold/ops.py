@@ -1,6 +1,6 @@
 """State changes an operator asks for: `spoold retry`, `cancel` and `stop` (SPEC §6).
 
-A file is first taken by one atomic rename into a short-lived `cli-` node folder of our own, so no
+A file is first taken by one atomic rename into a short-lived `cli.` node folder of our own, so no
 daemon can claim it while we rewrite it; if we die holding it, recovery puts it back by its status.
 Every id gets its own Acted, so one bad id never stops the others.
 """
@@ -21,7 +21,7 @@ from spoold.errors import JobRejected
 from spoold.fsio import read_bounded
 from spoold.job import Job, JobStatus, decode_document, validate_document
 from spoold.logs import EventLog
-from spoold.node import Node, cancel_marker, is_alive, open_node
+from spoold.node import OPERATOR_KIND, Node, cancel_marker, is_alive, open_node
 from spoold.outcomes import iso, ready_folder
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, is_valid_id
 from spoold.transitions import Mover
@@ -49,7 +49,7 @@ class NotAJob(Exception):
 
 
 class Operator:
-    """One operator command's session on a spool; its `cli-` node is opened on first use, closed at exit."""
+    """One operator command's session on a spool; its `cli.` node is opened on first use, closed at exit."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -70,7 +70,7 @@ class Operator:
     def node(self) -> Node:
         if self._node is None:
             self.paths.create()
-            self._node = open_node(self.paths, workers=0, kind="cli-")
+            self._node = open_node(self.paths, workers=0, kind=OPERATOR_KIND)
         return self._node
 
     # -- taking and rewriting one file -------------------------------------------------------------
@@ -209,7 +209,7 @@ class Operator:
         return Acted(job.id, True, f"{self._where(path)} -> {self._where(target)}")
 
     def _mark(self, job_id: str, folder: Path) -> Acted | Path | None:
-        if folder.name.startswith("cli-"):
+        if folder.name.startswith(OPERATOR_KIND):
             return None  # another operator command holds it for a moment: wait for where it lands
         if not is_alive(folder):
             return Acted(job_id, False, f"its daemon {folder.name} is not alive; a daemon will requeue the job "

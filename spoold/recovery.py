@@ -16,7 +16,7 @@ from spoold.errors import JobRejected
 from spoold.fsio import read_bounded
 from spoold.intake import Claim
 from spoold.job import Job, decode_document
-from spoold.node import other_nodes, remove_dead_folder, try_lock_dead
+from spoold.node import OPERATOR_KIND, other_nodes, remove_dead_folder, try_lock_dead
 from spoold.outcomes import ready_folder, settle_orphan
 from spoold.paths import JOB_SUFFIX, id_from_name, is_job_name
 
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
     from spoold.daemon import Daemon
 
 log = logging.getLogger(__name__)
-OPERATOR_PREFIX = "cli-"  # folders of `spoold retry/cancel` runs: their files were never running
 
 
 def recover_dead(daemon: Daemon, now: float) -> int:
@@ -67,7 +66,7 @@ def _adopt(daemon: Daemon, folder: Path, name: str, now: float) -> int:
         log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
         path.unlink(missing_ok=True)
         return 0
-    if folder.name.startswith(OPERATOR_PREFIX):
+    if folder.name.startswith(OPERATOR_KIND):  # `spoold retry/cancel` runs: their files were never running
         return _put_back(daemon, path)
     try:
         started = os.lstat(path).st_ctime

@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 
 from spoold.config import Config
 from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, SpoolPaths, is_job_name
@@ -62,8 +63,35 @@ def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, n
     return removed
 
 
+TMP_TTL_SECONDS = 36 * 3600  # a writer that has not renamed its file out of tmp/ by then died (notes §2 step 7)
+
+
+def reap_tmp(paths: SpoolPaths, *, now: float) -> int:
+    """Delete files left in tmp/ by writers that died mid-write; returns how many."""
+    removed = 0
+    try:
+        entries = os.scandir(paths.tmp)
+    except FileNotFoundError:
+        return 0
+    with entries:
+        for entry in entries:
+            try:
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(info.st_mode) or info.st_mtime >= now - TMP_TTL_SECONDS:
+                    continue
+                os.unlink(entry.path)
+            except OSError:
+                continue
+            removed += 1
+    return removed
+
+
 def apply_retention(paths: SpoolPaths, config: Config, *, now: float) -> None:
-    """Delete finished jobs older than keep_done_days / keep_failed_days (0 keeps them forever)."""
+    """Delete finished jobs older than keep_done_days / keep_failed_days (0 keeps them forever), and
+    what dead writers left in tmp/."""
+    reaped = reap_tmp(paths, now=now)
+    if reaped:
+        log.info("retention: removed %d file(s) left in tmp/ for over %d hours", reaped, TMP_TTL_SECONDS // 3600)
     keep = {"done": config.keep_done_days, "failed": config.keep_failed_days, "rejected": config.keep_failed_days}
     for folder, days in keep.items():
         if days <= 0:

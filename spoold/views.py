@@ -16,14 +16,14 @@ from typing import Any
 from spoold.errors import JobRejected
 from spoold.fsio import read_bounded
 from spoold.job import decode_document
-from spoold.node import is_alive, other_nodes, read_info
+from spoold.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, is_job_name, is_valid_id
 
 LIST_FOLDERS = (*READY, "scheduled", "running", "done", "failed", "rejected")
 # running/ holds one folder per node; done/ and failed/ may hold day shards (SPEC §2).
 NESTED = ("running", "done", "failed")
 # Nodes that are not daemons: a `spoold retry/cancel` taking a file, a `run_job.py --now` run.
-NOT_DAEMONS = ("cli-", "now-")
+NOT_DAEMONS = (OPERATOR_KIND, NOW_KIND)
 # The daemon's own rewrites may exceed max_job_bytes (SPEC §3); this only guards against reading a huge
 # stray file into memory.
 READ_LIMIT = 64 * 1024 * 1024

@@ -111,7 +111,7 @@ def test_a_cancel_marker_stops_the_running_child_and_the_job_fails_as_cancelled(
 
 
 def test_a_file_left_by_a_dead_operator_command_goes_back_where_its_status_says(project: Project) -> None:
-    dead = project.spool / "running" / "cli-deadhost-1-abcdef"
+    dead = project.spool / "running" / "cli.deadhost-1-abcdef"
     dead.mkdir(parents=True)
     doc = {"class": "Echo", "status": "failed", "attempts": 2, "priority": "low",
            "error": {"type": "RuntimeError", "message": "x", "traceback": ""}}
@@ -144,3 +144,14 @@ def test_a_retry_on_rule_matches_along_the_mro_and_timeout_by_name(project: Proj
     history = project.doc("failed", refused)["history"]
     assert [h["error_type"] for h in history] == ["ConnectionRefusedError", "ConnectionRefusedError"]
     assert project.doc("failed", slow)["error"]["type"] == "Timeout"
+
+
+def test_files_left_in_tmp_by_dead_writers_are_reaped_after_36_hours(project: Project) -> None:
+    """A writer killed mid-write leaves a part file in tmp/: never run, removed once old (notes case 1)."""
+    old = project.drop("tmp", ".dead-writer.part", b'{"class": "Ec')
+    fresh = project.drop("tmp", ".live-writer.part", b'{"class": "Echo"}')
+    old_time = time.time() - 37 * 3600
+    os.utime(old, (old_time, old_time))
+    assert project.drain().returncode == 0
+    assert not old.exists() and fresh.exists()
+    assert project.names("done") == [] and project.names("rejected") == []
