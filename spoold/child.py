@@ -98,9 +98,9 @@ def die_with_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def main() -> None:
+def execute(spec_path: Path) -> None:
+    """Run the job described in `spec_path`, report its outcome, and exit the process."""
     die_with_parent()
-    spec_path = Path(sys.argv[1])
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     outcome = run(spec)
     _report(Path(spec["result_path"]), outcome)
@@ -108,6 +108,10 @@ def main() -> None:
     sys.stderr.flush()
     # os._exit: threads the job left running must not keep the child (and its slot) alive.
     os._exit(0)
+
+
+def main() -> None:
+    execute(Path(sys.argv[1]))
 
 
 if __name__ == "__main__":

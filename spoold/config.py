@@ -53,6 +53,7 @@ class Config:
     durability: Literal["fsync", "fast"] = "fsync"
     file_events: bool = True
     memory_limit_mb: int = 0
+    start_method: Literal["auto", "forkserver", "spawn"] = "auto"
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -153,6 +154,7 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "durability": _choice("fsync", "fast"),
     "file_events": _boolean,
     "memory_limit_mb": _integer(0),
+    "start_method": _choice("auto", "forkserver", "spawn"),
 }
 TABLES = ("allowed_jobs", "job_priority", "retry_on")
 

@@ -29,7 +29,7 @@ from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
 from spoold.paths import READY, SpoolPaths
 from spoold.recovery import recover_dead
 from spoold.retention import apply_retention
-from spoold.runner import ChildProcess, Outcome, start_child
+from spoold.runner import ChildProcess, Launcher, Outcome, make_launcher, start_child
 from spoold.schedule import ScheduledIndex, due_time
 from spoold.transitions import LostClaim, Mover
 from spoold.watcher import Waker, Watcher
@@ -78,6 +78,7 @@ class Daemon:
         self.hold_claims_until = 0.0
         self.node: Node | None = None
         self.intake: Intake | None = None
+        self.launcher: Launcher | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="spoold-"))
 
     # -- life cycle --------------------------------------------------------------------------------
@@ -86,6 +87,7 @@ class Daemon:
         self.paths.create()
         self.node = open_node(self.paths, workers=self.config.workers)
         self.intake = Intake(self.node, self.mover, self.events)
+        self.launcher = make_launcher(self.config)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
                                self.waker, root=self.paths.root)
@@ -97,6 +99,8 @@ class Daemon:
         self.watcher.stop()
         for running in self.children.values():
             running.child.kill("Interrupted")
+        if self.launcher is not None:
+            self.launcher.close()
         if self.node is not None:
             self.node.close()
         self.waker.close()
@@ -283,7 +287,8 @@ class Daemon:
         limit = self.config.max_execution_time
         timeout = min(float(job.doc.get("timeout_seconds", limit)), limit)
         try:
-            child = start_child(job, self.config, self.scratch / job.id, self.on_exit,
+            assert self.launcher is not None
+            child = start_child(job, self.config, self.scratch / job.id, self.on_exit, launcher=self.launcher,
                                 allowed_methods=self.config.allowed_jobs[job.class_name], timeout=timeout)
         except OSError as e:
             log.error("job=%s cannot start a child (%s); putting it back", job.id, e)

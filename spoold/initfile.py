@@ -52,6 +52,8 @@ COMMENTS: dict[str, str] = {
                   "may lose recent moves).",
     "file_events": "Watch the ready folders for file events; false relies on rescans only (network filesystems).",
     "memory_limit_mb": "Address-space limit of each job's child in MiB (where the platform has setrlimit); 0: none.",
+    "start_method": '"forkserver": each job is a fork of a warm server that imported the namespace (fast); '
+                    '"spawn": a fresh interpreter per job (portable); "auto": forkserver where it can fork.',
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.

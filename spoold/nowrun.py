@@ -19,7 +19,7 @@ from spoold.logs import EventLog
 from spoold.node import NOW_KIND, cancel_marker, cancel_requests, open_node
 from spoold.outcomes import begin_run, ready_folder, settle_run
 from spoold.paths import JOB_SUFFIX, SpoolPaths
-from spoold.runner import ChildProcess, Outcome, start_child
+from spoold.runner import ChildProcess, Outcome, SpawnLauncher, start_child
 from spoold.schedule import due_time
 from spoold.transitions import Mover
 
@@ -31,8 +31,10 @@ def _run_once(job: Job, config: Config, scratch_root: Path, folder: Path) -> tup
     done = threading.Event()
     limit = config.max_execution_time
     timeout = min(float(job.doc.get("timeout_seconds", limit)), limit)
+    # One job: a fresh interpreter is quicker than starting a fork server for it.
     child = start_child(job, config, scratch_root / f"{job.id}-{job.attempts}", lambda _id: done.set(),
-                        allowed_methods=config.allowed_jobs[job.class_name], timeout=timeout)
+                        allowed_methods=config.allowed_jobs[job.class_name], timeout=timeout,
+                        launcher=SpawnLauncher(config))
     try:
         while not done.wait(max(0.0, min(CANCEL_POLL_SECONDS, child.deadline - time.monotonic()))):
             if time.monotonic() >= child.deadline:

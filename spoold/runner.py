@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from spoold.config import Config
 from spoold.job import Job
@@ -52,31 +52,30 @@ def _error(kind: str, message: str) -> dict[str, str]:
 
 @dataclass
 class ChildProcess:
-    """One running job. `on_exit(job_id)` is called from the waiter thread once the child has exited."""
+    """One running job. Its launcher sets `returncode`, then `exited`, then calls `on_exit(job_id)`."""
 
     job: Job
     timeout: float
-    proc: subprocess.Popen[bytes]
     scratch: Path
     started: float
     deadline: float
+    pid: int = 0
+    kill_group: Callable[[], None] = lambda: None
+    returncode: int | None = None
     killed_for: str | None = None
     exited: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
 
     def kill(self, reason: str) -> None:
         """Kill the child and everything it started; `reason` (Timeout, Interrupted, Cancelled) is kept."""
         self.killed_for = self.killed_for or reason
-        _kill_group(self.proc)
+        if not self.exited.is_set():
+            self.kill_group()
 
     def outcome(self) -> Outcome:
         """Read what the child reported; call once it has exited."""
         duration_ms = int((time.monotonic() - self.started) * 1000)
         output = _tail(self.scratch / "out")
-        code = self.proc.returncode
+        code = self.returncode
         reported = _read_json(self.scratch / "result.json")
         if self.killed_for == "Timeout":
             outcome = Outcome("failure", error=_error("Timeout", f"killed after the time limit of {self.timeout:g}s"),
@@ -140,29 +139,65 @@ def _tail(path: Path) -> str:
         return ""
 
 
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    if os.name == "posix":
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
-    else:
-        proc.kill()
+def kill_group(pid: int) -> None:
+    """SIGKILL a job's process group (its pid leads it: the child made its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
 
 
-def _wait(child: ChildProcess, on_exit: Callable[[str], None]) -> None:
+class Launcher(Protocol):
+    """Starts a child for a written spec: a fresh interpreter (spawn) or a fork of a warm server."""
+
+    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SpawnLauncher:
+    """A fresh `python -m spoold.child` per job: portable, and nothing of the daemon is inherited."""
+
+    def __init__(self, config: Config) -> None:
+        self.root = config.root
+
+    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None:
+        with (child.scratch / "out").open("wb") as out:
+            kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
+                "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+            proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(child.scratch / "spec.json")],
+                                    cwd=self.root, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
+                                    stdout=out, stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+        child.pid = proc.pid
+        child.kill_group = (lambda: kill_group(proc.pid)) if os.name == "posix" else proc.kill
+        threading.Thread(target=_wait, args=(child, proc, on_exit), name=f"wait-{child.job.id}",
+                         daemon=True).start()
+
+    def close(self) -> None:
+        pass
+
+
+def _wait(child: ChildProcess, proc: subprocess.Popen[bytes], on_exit: Callable[[str], None]) -> None:
     """Waiter thread: on POSIX, see the exit without reaping, kill leftover grandchildren, then reap."""
-    proc = child.proc
     if os.name == "posix":
         with contextlib.suppress(ChildProcessError):
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        _kill_group(proc)  # the zombie leader keeps the group id from being reused meanwhile
-    proc.wait()
+        kill_group(proc.pid)  # the zombie leader keeps the group id from being reused meanwhile
+    child.returncode = proc.wait()
     child.exited.set()
     on_exit(child.job.id)
 
 
+def make_launcher(config: Config) -> Launcher:
+    """`start_method`: auto = the fork server where the platform can fork, else spawn."""
+    if config.start_method == "spawn" or (config.start_method == "auto" and not hasattr(os, "fork")):
+        return SpawnLauncher(config)
+    from spoold.warmstart import ForkServerLauncher
+
+    return ForkServerLauncher(config)
+
+
 def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str], None], *,
-                allowed_methods: tuple[str, ...], timeout: float) -> ChildProcess:
-    """Start `python -m spoold.child` for one job; raises OSError if the process cannot start."""
+                allowed_methods: tuple[str, ...], timeout: float, launcher: Launcher) -> ChildProcess:
+    """Start the child of one job; raises OSError if it cannot start."""
     scratch.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {
         "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
@@ -173,15 +208,8 @@ def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str]
     if "previous_result" in job.doc:
         spec["previous_result"] = job.doc["previous_result"]
     (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
-    env = dict(os.environ, SPOOLD_LOG_DIR=str(config.log_dir), SPOOLD_JOB_ID=job.id,
-               SPOOLD_ATTEMPT=str(job.attempts))
-    with (scratch / "out").open("wb") as out:
-        kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
-            "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-        proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(scratch / "spec.json")],
-                                cwd=config.root, env=env, stdin=subprocess.DEVNULL, stdout=out,
-                                stderr=subprocess.STDOUT, close_fds=True, **kwargs)
+    env = {"SPOOLD_LOG_DIR": str(config.log_dir), "SPOOLD_JOB_ID": job.id, "SPOOLD_ATTEMPT": str(job.attempts)}
     now = time.monotonic()
-    child = ChildProcess(job, timeout, proc, scratch, started=now, deadline=now + timeout)
-    threading.Thread(target=_wait, args=(child, on_exit), name=f"wait-{job.id}", daemon=True).start()
+    child = ChildProcess(job, timeout, scratch, started=now, deadline=now + timeout)
+    launcher.launch(child, env, on_exit)
     return child

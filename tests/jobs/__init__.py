@@ -120,3 +120,10 @@ class KillParent:
     def handle(self) -> None:
         os.kill(os.getppid(), signal.SIGKILL)
         time.sleep(5)
+
+
+class WhoAmI:
+    """Reports its pid, its parent's pid and whether the job namespace was imported before it started."""
+
+    def handle(self) -> dict[str, int]:
+        return {"pid": os.getpid(), "ppid": os.getppid()}

@@ -1,0 +1,134 @@
+"""The daemon's side of the fork server (spoold/forkserver.py): start it, ask it for children, hear back.
+
+One reader thread turns the server's messages into the same events the spawn launcher produces: a
+pid when the child runs, a return code and `on_exit(job_id)` when it has ended. If the server dies,
+its children die with it (they watch their parent) and each is reported as ended, so the daemon
+records them as Crashed and retries; the next job starts a new server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from typing import IO, Any
+
+from spoold.config import Config
+from spoold.runner import ChildProcess
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_SECONDS = 30.0
+
+
+class ForkServerLauncher:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.lock = threading.Lock()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.ready = threading.Event()
+        self.waiting: dict[str, ChildProcess] = {}
+        self.exits: dict[str, Callable[[str], None]] = {}
+        self.started: dict[str, threading.Event] = {}
+
+    def _ensure_server(self) -> subprocess.Popen[bytes]:
+        if self.proc is not None and self.proc.poll() is None:
+            return self.proc
+        self.ready = threading.Event()
+        # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
+        proc = subprocess.Popen([sys.executable, "-m", "spoold.forkserver", str(self.config.root),
+                                 self.config.namespace], cwd=self.config.root, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
+        self.proc = proc
+        assert proc.stdout is not None
+        threading.Thread(target=self._read, args=(proc, proc.stdout), name="forkserver-reader", daemon=True).start()
+        if not self.ready.wait(START_TIMEOUT_SECONDS):
+            proc.kill()
+            raise OSError("the fork server did not start")
+        log.info("fork server started: pid=%d", proc.pid)
+        return proc
+
+    def _send(self, message: dict[str, Any]) -> None:
+        proc = self._ensure_server()
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError) as e:
+            raise OSError(f"the fork server is gone: {e}") from e
+
+    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None:
+        job_id = child.job.id
+        started = threading.Event()
+        with self.lock:
+            self.waiting[job_id], self.exits[job_id], self.started[job_id] = child, on_exit, started
+            self._send({"id": job_id, "spec": str(child.scratch / "spec.json"),
+                        "out": str(child.scratch / "out"), "env": env})
+        if not started.wait(START_TIMEOUT_SECONDS):
+            with self.lock:
+                self._forget(job_id)
+            raise OSError(f"job={job_id}: the fork server did not start its child")
+        child.kill_group = lambda: self._kill(job_id)
+
+    def _kill(self, job_id: str) -> None:
+        with self.lock, contextlib.suppress(OSError):
+            self._send({"kill": job_id})
+
+    def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
+        self.started.pop(job_id, None)
+        return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
+
+    def _read(self, proc: subprocess.Popen[bytes], stream: IO[bytes]) -> None:
+        for line in stream:
+            message = json.loads(line)
+            if message.get("ready"):
+                self.ready.set()
+            elif "pid" in message:
+                with self.lock:
+                    child, event = self.waiting.get(message["id"]), self.started.get(message["id"])
+                if child is not None and event is not None:
+                    child.pid = message["pid"]
+                    event.set()
+            elif "returncode" in message:
+                self._ended(message["id"], message["returncode"])
+        proc.wait()
+        with self.lock:
+            orphans = list(self.waiting)
+        if orphans:
+            log.error("the fork server died (exit %s); %d running job(s) ended with it", proc.returncode,
+                      len(orphans))
+        for job_id in orphans:
+            self._ended(job_id, -9)
+
+    def _ended(self, job_id: str, returncode: int) -> None:
+        with self.lock:
+            started = self.started.get(job_id)
+            child, on_exit = self._forget(job_id)
+        if child is None or on_exit is None:
+            return
+        if started is not None and not started.is_set():
+            started.set()
+        child.returncode = returncode
+        child.exited.set()
+        on_exit(job_id)
+
+    def close(self) -> None:
+        """Closing the server's stdin ends it; it kills whatever children are left."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        with contextlib.suppress(OSError, ValueError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+

@@ -1,0 +1,71 @@
+"""Warm starts (issue 5): each job is a fork of the fork server by default; spawn still works everywhere."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import Project, process_gone, wait_for
+
+
+def _set_keys(project: Project, **keys: object) -> None:
+    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
+
+
+def _parent_name(pid: int) -> str:
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_by_default_a_job_is_forked_from_the_warm_fork_server(project: Project) -> None:
+    daemon = project.start()
+    job_id = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", job_id), 10, "done")
+    result = project.doc("done", job_id)["result"]
+    assert result["ppid"] != daemon.pid
+    assert "spoold.forkserver" in _parent_name(result["ppid"])
+    assert project.doc("done", job_id)["history"][0]["pid"] == result["pid"]
+    project.stop(daemon)
+    wait_for(lambda: process_gone(result["ppid"]), 5, "the fork server ends with the daemon")
+
+
+def test_with_spawn_each_job_is_a_fresh_interpreter_started_by_the_daemon(project: Project) -> None:
+    _set_keys(project, start_method='"spawn"')
+    daemon = project.start()
+    job_id = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", job_id), 10, "done")
+    assert project.doc("done", job_id)["result"]["ppid"] == daemon.pid
+    project.stop(daemon)
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_both_start_methods_kill_a_job_past_its_limit_with_its_grandchild(project: Project, method: str) -> None:
+    project.configure(max_execution_time=1)
+    _set_keys(project, start_method=f'"{method}"')
+    pid_file = project.root / "grandchild.pid"
+    job_id = project.submit("SpawnGrandchild", "handle", [str(pid_file)])
+    ok = project.submit("Echo", "handle", ["fine"])
+    crash = project.submit("KillSelf")
+    assert project.drain().returncode == 0
+    assert project.doc("failed", job_id)["error"]["type"] == "Timeout"
+    assert project.doc("failed", crash)["error"]["type"] == "Crashed"
+    assert project.doc("done", ok)["result"] == ["fine"]
+    wait_for(lambda: process_gone(int(pid_file.read_text())), 5, "grandchild gone")
+
+
+def test_a_killed_fork_server_ends_its_jobs_as_crashed_and_a_new_one_takes_over(project: Project) -> None:
+    marker = project.root / "pid"
+    daemon = project.start()
+    job_id = project.submit("Sleep", "handle", ["30", str(marker)])
+    wait_for(marker.exists, 10, "running")
+    child = int(marker.read_text())
+    server = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "spoold.forkserver" in _parent_name(server)
+    os.kill(server, 9)
+    wait_for(lambda: process_gone(child), 5, "the job's child died with its server")
+    wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed (retry_attempts = 0)")
+    assert project.doc("failed", job_id)["error"]["type"] == "Crashed"
+    after = project.submit("Echo", "handle", ["next"])
+    wait_for(lambda: project.has("done", after), 10, "a new fork server runs the next job")
+    assert project.stop(daemon)[0] == 0
