@@ -17,8 +17,8 @@ class JobNotFound(JobRejected):
 
 def check_allowed(allowed_jobs: Mapping[str, Sequence[str]], class_name: str, method: str) -> None:
     """Raise JobRejected unless CLASS.METHOD is listed; private and dotted names never pass."""
-    if NAME_PATTERN.fullmatch(class_name) is None:
-        raise JobRejected(f"class {class_name!r} is not a plain class name (no dots, no paths)")
+    if NAME_PATTERN.fullmatch(class_name) is None or class_name.startswith("_"):
+        raise JobRejected(f"class {class_name!r} is not a plain class name (no dots, no paths, not starting with _)")
     if NAME_PATTERN.fullmatch(method) is None or method.startswith("_"):
         raise JobRejected(f"method {method!r} of {class_name} is never allowed (plain public names only)")
     methods = allowed_jobs.get(class_name)
@@ -59,4 +59,8 @@ def resolve_class(namespace: str, class_name: str) -> type:
                               f"(neither {namespace}.{class_name} nor module {module_name})")
     if not isinstance(found, type):
         raise JobNotFound(f"{namespace}.{class_name} is not a class")
+    home = str(getattr(found, "__module__", "") or "")
+    if home != namespace and not home.startswith(namespace + "."):
+        # A name the package merely imports (`from pathlib import Path`) is not a job of the namespace.
+        raise JobNotFound(f"{namespace}.{class_name} is {home}.{found.__qualname__}, defined outside {namespace!r}")
     return found

@@ -67,7 +67,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         bound = getattr(cls(), method_name)
         prefix = [spec["previous_result"]] if "previous_result" in spec else []  # a chain step (SPEC §5)
         result = bound(*prefix, **params) if isinstance(params, dict) else bound(*prefix, *params)
-        json.dumps(result)
+        json.dumps(result, allow_nan=False)  # a result must be JSON: no NaN or Infinity either
     except MemoryError as e:
         if not spec.get("memory_limit_mb"):
             return _error(e)

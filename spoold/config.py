@@ -113,9 +113,11 @@ def _module(value: Any) -> str:
     return value
 
 
-def _class_name(name: str) -> None:
+def _class_name(name: str, *, public: bool) -> None:
     if NAME_PATTERN.fullmatch(name) is None:
         raise ValueError(f"{name!r} is not a plain class name (letters, digits, _; no dots)")
+    if public and name.startswith("_"):
+        raise ValueError(f"{name!r} starts with '_': private names are never allowed")
 
 
 def _methods(value: Any) -> tuple[str, ...]:
@@ -186,7 +188,7 @@ def _convert_table(path: Path, key: str, table: dict[str, Any],
     result = {}
     for name, value in table.items():
         try:
-            _class_name(name)
+            _class_name(name, public=key != "retry_on")  # an exception class may be private; a job may not
             result[name] = convert(value)
         except ValueError as e:
             raise ConfigError(path, f"{key}.{name}", str(e)) from e

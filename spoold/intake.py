@@ -53,6 +53,11 @@ def _kind(mode: int) -> str:
     return "not a regular file"
 
 
+def printable_name(name: str) -> str:
+    """A file name as text that JSON and UTF-8 can hold (bytes that are not UTF-8 become escapes)."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
 def parse_allowed(config: Config, data: bytes, job_id: str) -> Job:
     """parse_job plus the allowlist, for the job and every chain step."""
     job = parse_job(data, job_id)
@@ -145,11 +150,11 @@ class Intake:
             self.reject(target, str(e), dropped_as=name)
             return None
         if job_id + JOB_SUFFIX != name:
-            job.doc["source_name"] = name
+            job.doc["source_name"] = printable_name(name)
         if folder.name in READY:
             job.doc["priority"] = folder.name  # for a dropped file, the folder wins (SPEC §3): retries go back there
         if self.mover.id_taken(job_id):
-            job.doc.setdefault("source_name", name)
+            job.doc.setdefault("source_name", printable_name(name))
             job.id = new_job_id()
             fresh = self.node.folder / (job.id + JOB_SUFFIX)
             os.rename(target, fresh)

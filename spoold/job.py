@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -83,16 +84,32 @@ def _no_constants(name: str) -> Any:
     raise JobRejected(f"bad JSON: {name} is not allowed")
 
 
-def _depth(value: Any) -> int:
-    """Nesting depth of a decoded value, walked without recursion."""
-    deepest, stack = 0, [(value, 1)]
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise JobRejected(f"bad JSON: number {text[:40]} is out of range")
+    return value
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_tree(value: Any) -> None:
+    """Walk a decoded value without recursion: nesting depth, and strings that UTF-8 cannot hold."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
-        if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
-    return deepest
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                raise JobRejected("bad JSON: a string holds a lone surrogate (\\ud800-\\udfff escape)")
+        elif isinstance(item, dict | list):
+            if depth > MAX_DEPTH:
+                raise JobRejected(f"nesting deeper than {MAX_DEPTH} levels")
+            if isinstance(item, dict):
+                stack.extend((key, depth) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
 
 
 def decode_document(data: bytes) -> dict[str, Any]:
@@ -104,15 +121,17 @@ def decode_document(data: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise JobRejected(f"not UTF-8: invalid byte at offset {e.start}") from e
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
+                           parse_float=_finite)
     except json.JSONDecodeError as e:
         raise JobRejected(f"bad JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
     except RecursionError as e:
         raise JobRejected(f"nesting deeper than {MAX_DEPTH} levels") from e
+    except ValueError as e:  # an integer longer than Python's int-to-str limit (4300 digits)
+        raise JobRejected(f"bad JSON: {str(e).splitlines()[0]}") from e
     if not isinstance(value, dict):
         raise JobRejected(f"not a JSON object (got {describe(value)})")
-    if _depth(value) > MAX_DEPTH:
-        raise JobRejected(f"nesting deeper than {MAX_DEPTH} levels")
+    _check_tree(value)
     return value
 
 
@@ -207,6 +226,13 @@ def parse_job(data: bytes, job_id: str) -> Job:
 
 
 def dump_job(job: Job) -> bytes:
-    """The bytes the daemon and the submitters write: indented UTF-8 JSON, one object."""
+    """The bytes the daemon and the submitters write: indented UTF-8 JSON, one object.
+
+    Strings UTF-8 cannot hold (a job's result may have lone surrogates) fall back to \\u escapes.
+    """
     job.doc["id"] = job.id
-    return (json.dumps(job.doc, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    text = json.dumps(job.doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return (json.dumps(job.doc, indent=2, allow_nan=False) + "\n").encode("ascii")

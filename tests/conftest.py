@@ -137,12 +137,15 @@ class Project:
         return [p for p in running.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
     def names(self, folder: str) -> list[str]:
-        path = self.spool / folder
-        if folder == "running":
-            return sorted(p.name for d in self.daemon_folders() for p in d.iterdir() if p.name.endswith(".json"))
-        if not path.is_dir():
-            return []
-        return sorted(p.name for p in path.iterdir() if p.name.endswith(".json") and not p.name.startswith("."))
+        """Job file names in a state folder ("running": in every daemon's folder), sorted."""
+        folders = self.daemon_folders() if folder == "running" else [self.spool / folder]
+        names = []
+        for path in folders:
+            try:  # a daemon's folder goes away when it stops
+                names += [name for name in os.listdir(path) if name.endswith(".json") and not name.startswith(".")]
+            except FileNotFoundError:
+                continue
+        return sorted(names)
 
     def doc(self, folder: str, job_id: str) -> dict[str, Any]:
         value: dict[str, Any] = json.loads((self.spool / folder / f"{job_id}.json").read_text(encoding="utf-8"))

@@ -230,20 +230,6 @@ def test_a_directory_named_like_a_job_is_left_where_it_is(project: Project) -> N
     assert project.events("d") == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a file with mode 000")
-def test_a_file_that_cannot_be_read_is_rejected(project: Project) -> None:
-    project.configure(settle_seconds=0.3)
-    content = obj({"class": "Echo"})
-    path = project.drop("medium", "locked.json", content)
-    path.chmod(0)
-    project.drop("medium", "after.json", {"class": "Echo", "params": ["still", "here"]})
-    result = project.drain()
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert project.events("after") == ["started", "success"]
-    (project.spool / "rejected" / "locked.json").chmod(0o644)
-    assert_rejected(project, "locked", content, ["cannot be read"])
-
-
 def test_a_drain_over_a_folder_of_every_kind_of_bad_input_rejects_each_and_runs_the_valid_job(
         project: Project) -> None:
     project.configure(settle_seconds=0.3)

@@ -115,10 +115,13 @@ class Allocate:
 
 
 class KillParent:
-    """A poison job: kills the daemon that runs it (its parent), every time."""
+    """A poison job: kills the daemon that runs it, every time (its parent, or the fork server's parent)."""
 
     def handle(self) -> None:
-        os.kill(os.getppid(), signal.SIGKILL)
+        parent = os.getppid()
+        if b"spoold.forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes():
+            parent = int(Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        os.kill(parent, signal.SIGKILL)
         time.sleep(5)
 
 
