@@ -32,7 +32,6 @@ class ForkServerLauncher:
         self.ready = threading.Event()
         self.waiting: dict[str, ChildProcess] = {}
         self.exits: dict[str, Callable[[str], None]] = {}
-        self.started: dict[str, threading.Event] = {}
 
     def _ensure_server(self) -> subprocess.Popen[bytes]:
         if self.proc is not None and self.proc.poll() is None:
@@ -61,24 +60,24 @@ class ForkServerLauncher:
             raise OSError(f"the fork server is gone: {e}") from e
 
     def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None:
+        """Ask for a child and return at once: its pid arrives later; if the server dies first, the job
+        ends as Crashed through the reader thread, so nothing waits forever."""
         job_id = child.job.id
-        started = threading.Event()
-        with self.lock:
-            self.waiting[job_id], self.exits[job_id], self.started[job_id] = child, on_exit, started
-            self._send({"id": job_id, "spec": str(child.scratch / "spec.json"),
-                        "out": str(child.scratch / "out"), "env": env})
-        if not started.wait(START_TIMEOUT_SECONDS):
-            with self.lock:
-                self._forget(job_id)
-            raise OSError(f"job={job_id}: the fork server did not start its child")
         child.kill_group = lambda: self._kill(job_id)
+        with self.lock:
+            self.waiting[job_id], self.exits[job_id] = child, on_exit
+            try:
+                self._send({"id": job_id, "spec": str(child.scratch / "spec.json"),
+                            "out": str(child.scratch / "out"), "env": env})
+            except OSError:
+                self._forget(job_id)
+                raise
 
     def _kill(self, job_id: str) -> None:
         with self.lock, contextlib.suppress(OSError):
             self._send({"kill": job_id})
 
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
-        self.started.pop(job_id, None)
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
 
     def _read(self, proc: subprocess.Popen[bytes], stream: IO[bytes]) -> None:
@@ -88,10 +87,9 @@ class ForkServerLauncher:
                 self.ready.set()
             elif "pid" in message:
                 with self.lock:
-                    child, event = self.waiting.get(message["id"]), self.started.get(message["id"])
-                if child is not None and event is not None:
+                    child = self.waiting.get(message["id"])
+                if child is not None:
                     child.pid = message["pid"]
-                    event.set()
             elif "returncode" in message:
                 self._ended(message["id"], message["returncode"])
         proc.wait()
@@ -105,12 +103,9 @@ class ForkServerLauncher:
 
     def _ended(self, job_id: str, returncode: int) -> None:
         with self.lock:
-            started = self.started.get(job_id)
             child, on_exit = self._forget(job_id)
         if child is None or on_exit is None:
             return
-        if started is not None and not started.is_set():
-            started.set()
         child.returncode = returncode
         child.exited.set()
         on_exit(job_id)

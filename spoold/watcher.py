@@ -63,6 +63,8 @@ class _Hints(FileSystemEventHandler):
             return
         raws = [os.fsdecode(raw) for raw in (event.src_path, getattr(event, "dest_path", "")) if raw]
         if event.is_directory:
+            if event.event_type not in ("created", "deleted", "moved"):
+                return  # "modified" for a folder only says its entries changed: noise (notes W10)
             # A watched folder itself was removed, replaced or (re)created: its watch must be renewed.
             replaced = self.folders.intersection(raws)
             if replaced:
