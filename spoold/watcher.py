@@ -7,6 +7,7 @@ The handler stays O(1) (notes W10): it records the paths and wakes the daemon. A
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
 import select
@@ -20,6 +21,21 @@ from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
 log = logging.getLogger(__name__)
+
+
+def no_move_pairing_delay() -> None:
+    """Deliver inotify events at once instead of holding a rename's IN_MOVED_FROM for 0.5 s.
+
+    watchdog holds every IN_MOVED_FROM for `delay` seconds to pair it with its IN_MOVED_TO, and its
+    delayed queue makes every event behind it wait too: each claim (a rename out of a ready folder)
+    would stall the next job's notification by up to half a second. We never need the pairs (any event
+    is only a hint, notes W4), so the delay goes. The class is InotifyMoveEventGrouper since watchdog 7,
+    InotifyBuffer before.
+    """
+    for module, name in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
+                         ("watchdog.observers.inotify_buffer", "InotifyBuffer")):
+        with contextlib.suppress(ImportError, AttributeError):
+            getattr(importlib.import_module(module), name).delay = 0.0
 
 
 class Waker:
@@ -92,6 +108,7 @@ class Watcher:
         self.watches: dict[Path, ObservedWatch] = {}
 
     def start(self) -> None:
+        no_move_pairing_delay()
         try:
             observer = Observer()
             observer.start()
