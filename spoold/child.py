@@ -20,7 +20,7 @@ from spoold.allowlist import JobNotFound, check_allowed, resolve_class
 from spoold.errors import JobRejected
 
 
-def _report(path: Path, outcome: dict[str, Any]) -> None:
+def report(path: Path, outcome: dict[str, Any]) -> None:
     staged = path.with_suffix(".part")
     staged.write_text(json.dumps(outcome), encoding="utf-8")
     os.replace(staged, path)
@@ -48,7 +48,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
     An allowed class or method missing from the namespace fails as JobNotFound, which is never retried.
     """
-    sys.path.insert(0, spec["root"])
+    if spec["root"] not in sys.path:  # a reused worker runs many jobs
+        sys.path.insert(0, spec["root"])
     class_name, method_name, params = spec["class"], spec["method"], spec["params"]
     try:
         check_allowed({class_name: spec["allowed_methods"]}, class_name, method_name)
@@ -103,7 +104,7 @@ def execute(spec_path: Path) -> None:
     die_with_parent()
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     outcome = run(spec)
-    _report(Path(spec["result_path"]), outcome)
+    report(Path(spec["result_path"]), outcome)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit: threads the job left running must not keep the child (and its slot) alive.

@@ -54,6 +54,8 @@ class Config:
     file_events: bool = True
     memory_limit_mb: int = 0
     start_method: Literal["auto", "forkserver", "spawn"] = "auto"
+    isolation: Literal["process", "worker"] = "process"
+    max_jobs_per_worker: int = 1000
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -157,6 +159,8 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "file_events": _boolean,
     "memory_limit_mb": _integer(0),
     "start_method": _choice("auto", "forkserver", "spawn"),
+    "isolation": _choice("process", "worker"),
+    "max_jobs_per_worker": _integer(1),
 }
 TABLES = ("allowed_jobs", "job_priority", "retry_on")
 

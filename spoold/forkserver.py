@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 
-def _send(message: dict[str, Any]) -> None:
+def send(message: dict[str, Any]) -> None:
     data = (json.dumps(message) + "\n").encode()
     while data:
         data = data[os.write(1, data):]
@@ -71,7 +71,7 @@ class Server:
         if pid == 0:
             _run_child(request, self.wakeup_read, self.wakeup_write)
         self.children[pid] = request["id"]
-        _send({"id": request["id"], "pid": pid})
+        send({"id": request["id"], "pid": pid})
 
     def reap(self) -> None:
         """Report every exited child; its leftover process group is killed before the pid is freed."""
@@ -90,7 +90,7 @@ class Server:
                 code = os.waitstatus_to_exitcode(status)
             except ChildProcessError:
                 code = -signal.SIGKILL
-            _send({"id": self.children.pop(pid), "returncode": code})
+            send({"id": self.children.pop(pid), "returncode": code})
 
     def read_requests(self) -> bool:
         """Start a child for every complete request line; False once the daemon closed our stdin."""
@@ -115,28 +115,44 @@ class Server:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
 
+    def watched_fds(self) -> list[int]:
+        return [0, self.wakeup_read]
+
+    def on_readable(self, readable: list[int]) -> None:
+        """Hook for the worker pool: its workers' replies are read before exits are reaped."""
+
+    def shutdown(self) -> None:
+        for pid in self.children:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+
     def serve(self) -> None:
         while True:
-            readable, _, _ = select.select([0, self.wakeup_read], [], [])
+            readable, _, _ = select.select(self.watched_fds(), [], [])
+            self.on_readable(readable)
             if self.wakeup_read in readable:
                 with contextlib.suppress(BlockingIOError):
                     os.read(self.wakeup_read, 4096)
                 self.reap()
             if 0 in readable and not self.read_requests():
                 break
-        for pid in self.children:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+        self.shutdown()
 
 
 def main() -> None:
     root, namespace = sys.argv[1], sys.argv[2]
+    isolation = sys.argv[3] if len(sys.argv) > 3 else "process"
     sys.path.insert(0, root)
     importlib.import_module("spoold.child")
     with contextlib.suppress(Exception):  # a broken namespace fails each job with its own error instead
         importlib.import_module(namespace)
-    _send({"ready": True})
-    Server().serve()
+    send({"ready": True})
+    if isolation == "worker":
+        from spoold.workerpool import WorkerServer
+
+        WorkerServer(max_jobs=int(sys.argv[4])).serve()
+    else:
+        Server().serve()
 
 
 if __name__ == "__main__":

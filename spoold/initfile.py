@@ -54,6 +54,9 @@ COMMENTS: dict[str, str] = {
     "memory_limit_mb": "Address-space limit of each job's child in MiB (where the platform has setrlimit); 0: none.",
     "start_method": '"forkserver": each job is a fork of a warm server that imported the namespace (fast); '
                     '"spawn": a fresh interpreter per job (portable); "auto": forkserver where it can fork.',
+    "isolation": '"process": a new process per job; "worker": long-lived workers run many jobs each '
+                 "(faster, less isolated; POSIX only).",
+    "max_jobs_per_worker": 'With isolation = "worker", a worker is replaced after this many jobs.',
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.

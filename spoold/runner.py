@@ -187,8 +187,15 @@ def _wait(child: ChildProcess, proc: subprocess.Popen[bytes], on_exit: Callable[
 
 
 def make_launcher(config: Config) -> Launcher:
-    """`start_method`: auto = the fork server where the platform can fork, else spawn."""
-    if config.start_method == "spawn" or (config.start_method == "auto" and not hasattr(os, "fork")):
+    """`start_method`: auto = the fork server where the platform can fork, else spawn.
+
+    `isolation = "worker"` runs inside the fork server, so it takes the fork server whatever the start
+    method, and falls back to a process per job (spawn) where the platform cannot fork.
+    """
+    can_fork = hasattr(os, "fork")
+    if not can_fork or (config.start_method == "spawn" and config.isolation == "process"):
+        if config.isolation == "worker":
+            log.warning('isolation = "worker" needs fork: running a process per job instead')
         return SpawnLauncher(config)
     from spoold.warmstart import ForkServerLauncher
 

@@ -39,7 +39,8 @@ class ForkServerLauncher:
         self.ready = threading.Event()
         # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
         proc = subprocess.Popen([sys.executable, "-m", "spoold.forkserver", str(self.config.root),
-                                 self.config.namespace], cwd=self.config.root, stdin=subprocess.PIPE,
+                                 self.config.namespace, self.config.isolation, str(self.config.max_jobs_per_worker)],
+                                cwd=self.config.root, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
         self.proc = proc
         assert proc.stdout is not None

@@ -20,7 +20,7 @@ SPOOLD_SCRIPT = Path(sys.executable).parent / "spoold"
 KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_delay_seconds, retry_backoff, "
               "max_execution_time, max_job_bytes, settle_seconds, shutdown_grace_seconds, rescan_seconds, "
               "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, memory_limit_mb, "
-              "start_method, "
+              "start_method, isolation, max_jobs_per_worker, "
               "allowed_jobs, job_priority, retry_on")
 
 

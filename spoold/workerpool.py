@@ -1,0 +1,152 @@
+"""`isolation = "worker"`: long-lived workers forked from the fork server, each running many jobs.
+
+Throughput over isolation: a worker keeps what its jobs imported, so a job starts in well under a
+millisecond, but jobs share the worker's memory and process group. The time limit still holds: the
+daemon's kill reaches the worker's whole group, the worker dies, and the next job gets a new one. A
+worker retires after `max_jobs_per_worker` jobs, so leaks do not grow without bound.
+
+Same protocol with the daemon as the fork server's (it is one): `{"id", "pid"}` when a worker takes
+the job, `{"id", "returncode"}` when it is done (0) or when its worker died under it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spoold.forkserver import Server, send
+
+
+@dataclass
+class Worker:
+    pid: int
+    to_worker: int
+    from_worker: int
+    job_id: str | None = None
+    jobs: int = 0  # handed to it so far; at max_jobs it retires, so it is never given another
+    buffer: bytes = b""
+
+
+def _redirect(fd: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+
+
+def _work(requests: int, replies: int, max_jobs: int, inherited: list[int]) -> None:
+    """In the forked worker: its own session, then one job per request line. Never returns."""
+    try:
+        os.setsid()
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        os.dup2(devnull, 0)
+        _redirect(devnull)
+        from spoold.child import die_with_parent, report, run
+
+        die_with_parent()
+        lines = os.fdopen(requests, "rb")
+        for _ in range(max_jobs):
+            line = lines.readline()
+            if not line:
+                break
+            request = json.loads(line)
+            out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            _redirect(out)
+            os.close(out)
+            os.environ.update(request.get("env", {}))
+            spec = json.loads(Path(request["spec"]).read_text(encoding="utf-8"))
+            report(Path(spec["result_path"]), run(spec))
+            _redirect(devnull)
+            os.write(replies, b"done\n")
+    finally:
+        os._exit(0)
+
+
+class WorkerServer(Server):
+    def __init__(self, *, max_jobs: int) -> None:
+        super().__init__()
+        self.max_jobs = max_jobs
+        self.workers: dict[int, Worker] = {}
+
+    def _fork_worker(self) -> Worker:
+        to_read, to_write = os.pipe()
+        from_read, from_write = os.pipe()
+        sys.stdout.flush()
+        pid = os.fork()
+        if pid == 0:
+            inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write]
+            for worker in self.workers.values():
+                inherited += [worker.to_worker, worker.from_worker]
+            _work(to_read, from_write, self.max_jobs, inherited)
+        os.close(to_read)
+        os.close(from_write)
+        os.set_blocking(from_read, False)
+        worker = Worker(pid, to_write, from_read)
+        self.workers[pid] = worker
+        return worker
+
+    def start(self, request: dict[str, Any]) -> None:
+        idle = (w for w in self.workers.values() if w.job_id is None and w.jobs < self.max_jobs)
+        worker = next(idle, None) or self._fork_worker()
+        worker.job_id, worker.jobs = request["id"], worker.jobs + 1
+        with contextlib.suppress(BrokenPipeError):  # it died a moment ago: reaping reports the job with it
+            os.write(worker.to_worker, (json.dumps(request) + "\n").encode())
+        send({"id": request["id"], "pid": worker.pid})
+
+    def kill(self, job_id: str) -> None:
+        for worker in self.workers.values():
+            if worker.job_id == job_id:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(worker.pid, signal.SIGKILL)
+
+    def watched_fds(self) -> list[int]:
+        return [*super().watched_fds(), *(w.from_worker for w in self.workers.values())]
+
+    def _read_replies(self, worker: Worker) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):
+            worker.buffer += os.read(worker.from_worker, 4096)
+        while b"\n" in worker.buffer:
+            _, worker.buffer = worker.buffer.split(b"\n", 1)
+            if worker.job_id is not None:
+                send({"id": worker.job_id, "returncode": 0})
+                worker.job_id = None
+
+    def on_readable(self, readable: list[int]) -> None:
+        for worker in list(self.workers.values()):
+            if worker.from_worker in readable:
+                self._read_replies(worker)
+
+    def reap(self) -> None:
+        """A worker that exited: retired after its last job, or killed (time limit, cancel) mid-job."""
+        for pid, worker in list(self.workers.items()):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done == 0:
+                continue
+            self._read_replies(worker)  # a "done" written just before it exited still counts
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)  # whatever its jobs left behind
+            for fd in (worker.to_worker, worker.from_worker):
+                os.close(fd)
+            del self.workers[pid]
+            if worker.job_id is not None:
+                send({"id": worker.job_id, "returncode": os.waitstatus_to_exitcode(status) or -signal.SIGKILL})
+
+    def shutdown(self) -> None:
+        for pid in self.workers:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)

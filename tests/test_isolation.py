@@ -1,0 +1,64 @@
+"""`isolation = "worker"` (issue 5): reused workers run many jobs, and the time limit still holds."""
+
+from __future__ import annotations
+
+from conftest import Project, process_gone, wait_for
+
+
+def _set_keys(project: Project, **keys: object) -> None:
+    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
+    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
+
+
+def test_workers_are_reused_for_many_jobs_and_retired_after_max_jobs_per_worker(project: Project) -> None:
+    project.configure(workers=1)
+    _set_keys(project, isolation='"worker"', max_jobs_per_worker=3)
+    ids = [project.submit("WhoAmI") for _ in range(7)]
+    assert project.drain().returncode == 0
+    pids = [project.doc("done", job_id)["result"]["pid"] for job_id in ids]
+    assert pids[0] == pids[1] == pids[2] != pids[3]
+    assert len(set(pids)) == 3  # 3 + 3 + 1 jobs
+    assert [project.doc("done", job_id)["history"][0]["pid"] for job_id in ids] == pids
+
+
+def test_a_worker_job_past_its_limit_is_killed_and_the_next_job_gets_a_new_worker(project: Project) -> None:
+    project.configure(workers=1, max_execution_time=1)
+    _set_keys(project, isolation='"worker"')
+    before = project.submit("WhoAmI")
+    pid_file = project.root / "grandchild.pid"
+    slow = project.submit("SpawnGrandchild", "handle", [str(pid_file)])
+    crash = project.submit("KillSelf")
+    after = project.submit("WhoAmI")
+    assert project.drain().returncode == 0
+    assert project.doc("failed", slow)["error"]["type"] == "Timeout"
+    assert project.doc("failed", crash)["error"]["type"] == "Crashed"
+    first, last = project.doc("done", before)["result"]["pid"], project.doc("done", after)["result"]["pid"]
+    assert first != last
+    wait_for(lambda: process_gone(first), 5, "the timed-out worker is gone")
+    wait_for(lambda: process_gone(int(pid_file.read_text())), 5, "its job's grandchild too")
+
+
+def test_output_and_results_stay_with_their_own_job_in_a_shared_worker(project: Project) -> None:
+    project.configure(workers=1)
+    _set_keys(project, isolation='"worker"')
+    ids = [project.submit("Echo", "shout", [f"job{n}"]) for n in range(4)]
+    assert project.drain().returncode == 0
+    for n, job_id in enumerate(ids):
+        doc = project.doc("done", job_id)
+        assert doc["result"] == f"JOB{n}"
+        assert doc["output"].strip() == f"shouting job{n}"
+
+
+def test_cancelling_a_job_kills_its_worker_and_files_it_as_cancelled(project: Project) -> None:
+    _set_keys(project, isolation='"worker"')
+    marker = project.root / "pid"
+    daemon = project.start()
+    job_id = project.submit("Sleep", "handle", ["30", str(marker)])
+    wait_for(marker.exists, 10, "running")
+    result = project.cli("cancel", job_id, "--config", str(project.config))
+    assert result.returncode == 0, result.stderr
+    assert project.doc("failed", job_id)["error"]["type"] == "Cancelled"
+    wait_for(lambda: process_gone(int(marker.read_text())), 5, "worker gone")
+    next_id = project.submit("Echo", "handle", ["after"])
+    wait_for(lambda: project.has("done", next_id), 10, "a new worker runs the next job")
+    assert project.stop(daemon)[0] == 0
