@@ -59,7 +59,7 @@ def check_invariants(project: Project, expected: dict[str, str]) -> None:
     assert {"plain", "parent", "step"} <= set(ran)
 
 
-FUNCS = ("rename", "link", "unlink", "fsync", "open")
+FUNCS = ("rename", "link", "unlink", "fsync", "open", "write", "close")
 ACTIONS = ("kill", "kill-after", "ENOSPC", "EIO", "EACCES", "ENOENT", "ESTALE", "ENOENT-after", "EEXIST-after")
 # In `make test`: a SIGKILL before every rename, link, unlink and fsync on the spool, an I/O error at
 # every link and fsync, and a stale NFS handle at every third open (the stride). `make soak`
@@ -98,3 +98,31 @@ def _copy_app(source: Project, target: Project) -> None:
 
     target.root.mkdir(parents=True)
     shutil.copytree(source.root / "jobs", target.root / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+
+
+SUBMIT_FAULTS = [pytest.param(func, action, marks=() if action in ("kill", "EIO") else pytest.mark.soak)
+                 for func in ("open", "write", "fsync", "link", "unlink", "close")
+                 for action in ("kill", "kill-after", "EIO", "ENOSPC", "EEXIST-after")]
+
+
+@pytest.mark.parametrize(("func", "action"), SUBMIT_FAULTS)
+def test_a_fault_while_submitting_never_exposes_a_partial_job(project: Project, func: str, action: str) -> None:
+    """Killed or failing at any call of `spoold submit`: the job is complete in high/, or absent (exit 3)."""
+    for k in range(1, 12):
+        counts = project.root / "counts"
+        proc = subprocess.run([sys.executable, str(INJECT), func, str(k), action, str(project.spool), str(counts),
+                               "--", "submit", "Echo", "handle", f"k{k}", "--priority", "high",
+                               "--config", str(project.config)],
+                              cwd=project.root, capture_output=True, text=True, timeout=60)
+        ready = project.names("high")
+        if proc.returncode == 0:
+            job_id = proc.stdout.split()[0]
+            assert f"{job_id}.json" in ready and project.doc("high", job_id)["params"] == [f"k{k}"]
+        else:
+            assert proc.returncode in (3, -9), f"{func} #{k} {action}: exit {proc.returncode} {proc.stderr}"
+        for name in ready:  # never a partial file where a daemon would look
+            assert project.doc("high", name.removesuffix(".json"))["class"] == "Echo"
+        if counts.exists() and int(counts.read_text()) < k:
+            break  # past the last call of this function: every crash point was tried
+    assert project.drain().returncode == 0
+    assert project.names("high") == [] and project.names("rejected") == []
