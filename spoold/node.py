@@ -71,14 +71,24 @@ class Node:
         return [p for p in self.folder.iterdir() if is_job_name(p.name)]
 
     def close(self) -> None:
-        """Leave the spool: remove the folder if no job is left in it, then release the lock."""
-        try:
-            if not self.job_files():
-                (self.folder / INFO_NAME).unlink(missing_ok=True)
-                (self.folder / LOCK_NAME).unlink(missing_ok=True)
+        """Leave the spool: remove the folder if no job is left in it, then release the lock.
+
+        A probe of our lock (`spoold status`, another daemon's recovery) may create the lock file again
+        between our unlink and our rmdir, so what is left that is not a job is removed a few times over.
+        """
+        for _ in range(5):
+            try:
+                if self.job_files():
+                    break
+                for name in os.listdir(self.folder):
+                    if name.startswith("."):
+                        (self.folder / name).unlink(missing_ok=True)
                 self.folder.rmdir()
-        except OSError as e:
-            log.warning("node=%s cannot remove %s: %s", self.id, self.folder, e)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as e:
+                log.debug("node=%s cannot remove %s yet: %s", self.id, self.folder, e)
         self.lock.release(force=True)
 
 
