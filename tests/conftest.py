@@ -89,6 +89,11 @@ class Project:
     def configure(self, **overrides: Any) -> None:
         self.config.write_text(BASE_CONFIG.format(**(DEFAULTS | overrides)), encoding="utf-8")
 
+    def set_keys(self, **keys: object) -> None:
+        """Add top-level keys (values as TOML text) to the config; they must come before its tables."""
+        lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
+        self.config.write_text(self.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
+
     # -- submitting and dropping ---------------------------------------------------------------
     def submit(self, class_name: str, method: str = "handle", params: Any = None, **kwargs: Any) -> str:
         return run_background_job(class_name, method, params, config=self.config, **kwargs)

@@ -11,19 +11,13 @@ from pathlib import Path
 from conftest import Project, process_gone, wait_for
 
 
-def _set_keys(project: Project, **keys: object) -> None:
-    """Add top-level keys to the test config (they must come before its tables)."""
-    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
-    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
-
-
 def _age(path: Path, days: float) -> None:
     old = time.time() - days * 86400
     os.utime(path, (old, old))
 
 
 def test_the_daemon_deletes_finished_jobs_past_their_retention_and_keeps_the_rest(project: Project) -> None:
-    _set_keys(project, keep_done_days=2, keep_failed_days=5)
+    project.set_keys(keep_done_days=2, keep_failed_days=5)
     old_done = project.drop("done", "old-done.json", {"class": "Echo", "status": "done"})
     new_done = project.drop("done", "new-done.json", {"class": "Echo", "status": "done"})
     old_failed = project.drop("failed", "old-failed.json", {"class": "Echo", "status": "failed"})
@@ -43,7 +37,7 @@ def test_the_daemon_deletes_finished_jobs_past_their_retention_and_keeps_the_res
 
 
 def test_zero_keep_days_keep_finished_jobs_forever(project: Project) -> None:
-    _set_keys(project, keep_done_days=0)
+    project.set_keys(keep_done_days=0)
     ancient = project.drop("done", "ancient.json", {"class": "Echo", "status": "done"})
     _age(ancient, 4000)
     assert project.drain().returncode == 0
@@ -60,7 +54,7 @@ def _flood(project: Project, stop: threading.Event, marker: Path) -> None:
 
 def _run_flood_with_one_old_low_job(project: Project, aging: float) -> list[str]:
     project.configure(workers=1)
-    _set_keys(project, priority_aging_seconds=aging)
+    project.set_keys(priority_aging_seconds=aging)
     marker = project.root / "order.txt"
     for n in range(10):  # a backlog of high jobs (0.1 s each) first, then the low one, then a flood at 25/s
         project.submit("SlowSentinel", "handle", [str(marker), f"high-pre-{n}"], priority="high")

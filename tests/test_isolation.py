@@ -5,14 +5,9 @@ from __future__ import annotations
 from conftest import Project, process_gone, wait_for
 
 
-def _set_keys(project: Project, **keys: object) -> None:
-    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
-    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
-
-
 def test_workers_are_reused_for_many_jobs_and_retired_after_max_jobs_per_worker(project: Project) -> None:
     project.configure(workers=1)
-    _set_keys(project, isolation='"worker"', max_jobs_per_worker=3)
+    project.set_keys(isolation='"worker"', max_jobs_per_worker=3)
     ids = [project.submit("WhoAmI") for _ in range(7)]
     assert project.drain().returncode == 0
     pids = [project.doc("done", job_id)["result"]["pid"] for job_id in ids]
@@ -23,7 +18,7 @@ def test_workers_are_reused_for_many_jobs_and_retired_after_max_jobs_per_worker(
 
 def test_a_worker_job_past_its_limit_is_killed_and_the_next_job_gets_a_new_worker(project: Project) -> None:
     project.configure(workers=1, max_execution_time=1)
-    _set_keys(project, isolation='"worker"')
+    project.set_keys(isolation='"worker"')
     before = project.submit("WhoAmI")
     pid_file = project.root / "grandchild.pid"
     slow = project.submit("SpawnGrandchild", "handle", [str(pid_file)])
@@ -40,7 +35,7 @@ def test_a_worker_job_past_its_limit_is_killed_and_the_next_job_gets_a_new_worke
 
 def test_output_and_results_stay_with_their_own_job_in_a_shared_worker(project: Project) -> None:
     project.configure(workers=1)
-    _set_keys(project, isolation='"worker"')
+    project.set_keys(isolation='"worker"')
     ids = [project.submit("Echo", "shout", [f"job{n}"]) for n in range(4)]
     assert project.drain().returncode == 0
     for n, job_id in enumerate(ids):
@@ -50,7 +45,7 @@ def test_output_and_results_stay_with_their_own_job_in_a_shared_worker(project: 
 
 
 def test_cancelling_a_job_kills_its_worker_and_files_it_as_cancelled(project: Project) -> None:
-    _set_keys(project, isolation='"worker"')
+    project.set_keys(isolation='"worker"')
     marker = project.root / "pid"
     daemon = project.start()
     job_id = project.submit("Sleep", "handle", ["30", str(marker)])

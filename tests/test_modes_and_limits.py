@@ -7,13 +7,8 @@ import time
 from conftest import Project, process_gone, wait_for
 
 
-def _set_keys(project: Project, **keys: object) -> None:
-    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
-    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
-
-
 def test_fast_durability_runs_jobs_the_same_way(project: Project) -> None:
-    _set_keys(project, durability='"fast"')
+    project.set_keys(durability='"fast"')
     job_id = project.submit("Echo", "handle", ["quick"])
     assert project.drain().returncode == 0
     assert project.doc("done", job_id)["result"] == ["quick"]
@@ -21,7 +16,7 @@ def test_fast_durability_runs_jobs_the_same_way(project: Project) -> None:
 
 def test_with_file_events_off_a_job_is_found_by_the_next_rescan(project: Project) -> None:
     project.configure(rescan_seconds=1)
-    _set_keys(project, file_events="false")
+    project.set_keys(file_events="false")
     daemon = project.start()
     time.sleep(0.3)  # the first rescan has passed: only the next one can find the job
     submitted = time.monotonic()
@@ -32,7 +27,7 @@ def test_with_file_events_off_a_job_is_found_by_the_next_rescan(project: Project
 
 
 def test_a_job_over_its_memory_limit_fails_as_memory_limit(project: Project) -> None:
-    _set_keys(project, memory_limit_mb=300)
+    project.set_keys(memory_limit_mb=300)
     small = project.submit("Allocate", "handle", ["10"])
     big = project.submit("Allocate", "handle", ["1000"])
     assert project.drain().returncode == 0

@@ -9,11 +9,6 @@ import pytest
 from conftest import Project, process_gone, wait_for
 
 
-def _set_keys(project: Project, **keys: object) -> None:
-    lines = "".join(f"{key} = {value}\n" for key, value in keys.items())
-    project.config.write_text(project.config.read_text().replace("[allowed_jobs]", lines + "\n[allowed_jobs]"))
-
-
 def _parent_name(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
 
@@ -31,7 +26,7 @@ def test_by_default_a_job_is_forked_from_the_warm_fork_server(project: Project) 
 
 
 def test_with_spawn_each_job_is_a_fresh_interpreter_started_by_the_daemon(project: Project) -> None:
-    _set_keys(project, start_method='"spawn"')
+    project.set_keys(start_method='"spawn"')
     daemon = project.start()
     job_id = project.submit("WhoAmI")
     wait_for(lambda: project.has("done", job_id), 10, "done")
@@ -42,7 +37,7 @@ def test_with_spawn_each_job_is_a_fresh_interpreter_started_by_the_daemon(projec
 @pytest.mark.parametrize("method", ["forkserver", "spawn"])
 def test_both_start_methods_kill_a_job_past_its_limit_with_its_grandchild(project: Project, method: str) -> None:
     project.configure(max_execution_time=1)
-    _set_keys(project, start_method=f'"{method}"')
+    project.set_keys(start_method=f'"{method}"')
     pid_file = project.root / "grandchild.pid"
     job_id = project.submit("SpawnGrandchild", "handle", [str(pid_file)])
     ok = project.submit("Echo", "handle", ["fine"])
