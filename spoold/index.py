@@ -110,6 +110,3 @@ class ReadyIndex:
         _, name = heapq.heappop(folder.heap)
         folder.members.discard(name)
         return best[2], name
-
-    def oldest_entry_ns(self) -> int | None:
-        return min((f.heap[0][0] for f in self.folders.values() if f.heap), default=None)

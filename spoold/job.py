@@ -15,8 +15,6 @@ from spoold.errors import JobRejected
 MAX_DEPTH = 100
 PRIORITIES = ("high", "medium", "low")
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-STEP_KEYS = frozenset({"class", "method", "params", "pass_result", "priority", "retry_attempts",
-                       "timeout_seconds"})
 
 
 class JobStatus(StrEnum):

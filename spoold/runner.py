@@ -41,10 +41,6 @@ class Outcome:
     returncode: int | None = None
     duration_ms: int = 0
 
-    @property
-    def error_type(self) -> str | None:
-        return self.error["type"] if self.error else None
-
 
 def _error(kind: str, message: str) -> dict[str, str]:
     return {"type": kind, "message": message, "traceback": ""}
