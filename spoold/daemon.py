@@ -59,6 +59,7 @@ class PendingCommit:
 class Daemon:
     def __init__(self, config: Config, *, drain: bool = False, workers: int | None = None) -> None:
         self.config = config if workers is None else replace(config, workers=workers)
+        self.workers_override = workers
         self.drain = drain
         self.paths = SpoolPaths(config.spool_dir)
         self.events = EventLog(config.log_dir)
@@ -179,13 +180,16 @@ class Daemon:
         except ConfigError as e:
             log.error("reload refused, keeping the old configuration: %s", e)
             return
-        if new.spool_dir != self.config.spool_dir or new.log_dir != self.config.log_dir:
-            log.warning("spool_dir/log_dir changes need a restart; keeping %s", self.paths.root)
-            new = replace(new, spool_dir=self.config.spool_dir, log_dir=self.config.log_dir)
+        old = self.config
+        fixed = ("spool_dir", "log_dir", "namespace", "start_method", "isolation", "max_jobs_per_worker")
+        changed = [key for key in fixed if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warning("%s: changes need a restart; keeping the running values", ", ".join(changed))
+            new = replace(new, **{key: getattr(old, key) for key in changed})
+        if self.workers_override is not None:
+            new = replace(new, workers=self.workers_override)  # --workers wins over the file, as at start
         self.config = new
-        self.mover = Mover(self.paths, durable=new.durability == "fsync")
-        if self.intake is not None:
-            self.intake.mover = self.mover
+        self.mover.durable = new.durability == "fsync"
         log.info("configuration reloaded from %s", new.path)
 
     def rescan(self, now: float) -> None:
