@@ -89,6 +89,7 @@ class Daemon:
         self.node = open_node(self.paths, workers=self.config.workers)
         self.intake = Intake(self.node, self.mover, self.events)
         self.launcher = make_launcher(self.config)
+        self.launcher.warm_up()
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
                                self.waker, root=self.paths.root)

@@ -146,6 +146,8 @@ class Launcher(Protocol):
 
     def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None: ...
 
+    def warm_up(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -166,6 +168,9 @@ class SpawnLauncher:
         child.kill_group = (lambda: kill_group(proc.pid)) if os.name == "posix" else proc.kill
         threading.Thread(target=_wait, args=(child, proc, on_exit), name=f"wait-{child.job.id}",
                          daemon=True).start()
+
+    def warm_up(self) -> None:
+        pass
 
     def close(self) -> None:
         pass

@@ -51,6 +51,14 @@ class ForkServerLauncher:
         log.info("fork server started: pid=%d", proc.pid)
         return proc
 
+    def warm_up(self) -> None:
+        """Start the server now, so the first job does not pay for it; a failure is retried per job."""
+        try:
+            with self.lock:
+                self._ensure_server()
+        except OSError as e:
+            log.warning("the fork server did not start (%s); trying again with the first job", e)
+
     def _send(self, message: dict[str, Any]) -> None:
         proc = self._ensure_server()
         assert proc.stdin is not None
