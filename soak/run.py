@@ -86,7 +86,7 @@ class Context:
 
 
 def deadline_for(jobs: int, floor_rate: float = 5.0) -> float:
-    """A time bound that assumes at least `floor_rate` jobs/s (the machine does 30-60)."""
+    """A time bound that assumes at least `floor_rate` jobs/s (a 2-core machine does 70-200 per daemon set)."""
     return time.monotonic() + 90 + jobs / floor_rate
 
 

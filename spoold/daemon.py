@@ -11,7 +11,6 @@ import os
 import queue
 import shutil
 import signal
-import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,7 +23,7 @@ from spoold.index import ReadyIndex
 from spoold.intake import Claim, Deferred, Intake
 from spoold.job import Job, JobStatus
 from spoold.logs import EventLog
-from spoold.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node
+from spoold.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
 from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
 from spoold.paths import READY, SpoolPaths
 from spoold.recovery import recover_dead
@@ -80,13 +79,15 @@ class Daemon:
         self.node: Node | None = None
         self.intake: Intake | None = None
         self.launcher: Launcher | None = None
-        self.scratch = Path(tempfile.mkdtemp(prefix="spoold-"))
+        self.scratch = Path()  # set by open(), named after our node
 
     # -- life cycle --------------------------------------------------------------------------------
 
     def open(self) -> None:
         self.paths.create()
         self.node = open_node(self.paths, workers=self.config.workers)
+        self.scratch = scratch_folder(self.node.id)
+        self.scratch.mkdir(parents=True, exist_ok=True)
         self.intake = Intake(self.node, self.mover, self.events)
         self.launcher = make_launcher(self.config)
         self.launcher.warm_up()
@@ -103,10 +104,10 @@ class Daemon:
             running.child.kill("Interrupted")
         if self.launcher is not None:
             self.launcher.close()
-        if self.node is not None:
-            self.node.close()
         self.waker.close()
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        if self.node is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.node.close()
 
     def install_signals(self) -> None:
         signal.signal(signal.SIGTERM, self._on_stop)

@@ -74,7 +74,10 @@ def _read_job(config: Config, path: Path, job_id: str) -> Job:
     """Read and check a job file. JobRejected for what will not change (too large, not readable, invalid);
     other OSErrors (ENOENT, ESTALE, EIO) propagate: they say nothing about the job itself."""
     try:
-        data = read_bounded(path, config.max_job_bytes)
+        try:
+            data = read_bounded(path, config.max_job_bytes)
+        except PermissionError:
+            data = read_bounded(path, config.max_job_bytes)  # once more: only a lasting refusal rejects a job
     except ValueError as e:
         raise JobRejected(str(e)) from e
     except PermissionError as e:

@@ -13,6 +13,7 @@ import re
 import secrets
 import shutil
 import socket
+import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -30,6 +31,13 @@ INFO_NAME = ".info"
 OPERATOR_KIND = "cli."
 NOW_KIND = "now."
 CANCEL_SUFFIX = ".cancel"
+
+
+def scratch_folder(node_id: str) -> Path:
+    """Where a node's job children write their spec, output and result: the system temp folder, not the
+    spool, so a full spool never fails a job. Named after the node, so whoever recovers a dead node on
+    this host removes its scratch too."""
+    return Path(tempfile.gettempdir()) / f"spoold-{node_id}"
 
 
 def cancel_marker(folder: Path, job_id: str) -> Path:
@@ -150,7 +158,8 @@ def other_nodes(paths: SpoolPaths, own_id: str) -> list[Path]:
 
 
 def remove_dead_folder(folder: Path, lock: FileLock) -> None:
-    """Drop an emptied dead daemon's folder; its lock goes last, with the folder."""
+    """Drop an emptied dead daemon's folder (and its scratch); its lock goes last, with the folder."""
+    shutil.rmtree(scratch_folder(folder.name), ignore_errors=True)
     try:
         if not any(is_job_name(name) for name in os.listdir(folder)):
             shutil.rmtree(folder)

@@ -7,7 +7,6 @@ running/ folder and ends in done/ or failed/. Interrupted, it is put back for a 
 from __future__ import annotations
 
 import shutil
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from spoold.chain import hand_on_chain
 from spoold.config import Config
 from spoold.job import Job
 from spoold.logs import EventLog
-from spoold.node import NOW_KIND, cancel_marker, cancel_requests, open_node
+from spoold.node import NOW_KIND, cancel_marker, cancel_requests, open_node, scratch_folder
 from spoold.outcomes import begin_run, ready_folder, settle_run
 from spoold.paths import JOB_SUFFIX, SpoolPaths
 from spoold.runner import ChildProcess, Outcome, SpawnLauncher, start_child
@@ -59,7 +58,8 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
     node = open_node(paths, workers=1, kind=NOW_KIND)
     claimed = node.folder / (job.id + JOB_SUFFIX)
     mover.write(job, f"running/{node.id}")
-    scratch = Path(tempfile.mkdtemp(prefix="spoold-now-"))
+    scratch = scratch_folder(node.id)
+    scratch.mkdir(parents=True, exist_ok=True)
     try:
         while True:
             wait = due_time(job.doc, time.time()) - time.time()
@@ -86,5 +86,5 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
             mover.commit(job, claimed, ready_folder(job, config))
         raise
     finally:
-        node.close()
         shutil.rmtree(scratch, ignore_errors=True)
+        node.close()

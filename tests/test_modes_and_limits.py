@@ -6,6 +6,8 @@ import time
 
 from conftest import Project, process_gone, wait_for
 
+from spoold.node import scratch_folder
+
 
 def test_fast_durability_runs_jobs_the_same_way(project: Project) -> None:
     project.set_keys(durability='"fast"')
@@ -66,9 +68,14 @@ def test_when_the_daemon_is_killed_its_running_child_dies_too(project: Project) 
     project.submit("Sleep", "handle", ["30", str(marker)])
     wait_for(marker.exists, 10, "child started")
     pid = int(marker.read_text())
+    [dead] = project.daemon_folders()
+    scratch = scratch_folder(dead.name)
+    assert scratch.is_dir()
     daemon.kill()
     daemon.wait(timeout=10)
     wait_for(lambda: process_gone(pid), 5, "orphaned child gone")
+    assert project.drain().returncode == 0  # recovers the dead daemon's folder, and its scratch with it
+    assert not dead.exists() and not scratch.exists()
 
 
 def test_a_ready_folder_removed_and_made_again_is_watched_again(project: Project) -> None:
