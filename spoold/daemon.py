@@ -7,7 +7,6 @@ file, never the daemon: each job is handled inside its own guard.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import shutil
 import signal
@@ -400,6 +399,4 @@ class Daemon:
             wake_at.append(self.grace_deadline)
         mono = time.monotonic()
         wake_at += [now + (r.child.deadline - mono) for r in self.children.values() if r.child.killed_for is None]
-        if os.name != "posix" and self.children:
-            wake_at.append(now + 0.05)
         return max(0.0, min(min(wake_at) - now, self.config.rescan_seconds))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 from dataclasses import dataclass
@@ -94,16 +95,18 @@ class SpoolPaths:
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
     def find_job(self, job_id: str) -> Path | None:
-        """Where the job with this id is now, searching every state folder (and day shards)."""
+        """Where the job with this id is now: a stat per state folder, then one per node folder in running/.
+
+        done/ and failed/ are flat (README, Retention), so they are never listed: this runs at every
+        chain hand-off, and listing a large done/ would make that cost grow with the archive.
+        """
         name = job_id + JOB_SUFFIX
         for folder in (*READY, "scheduled", "done", "failed", "rejected"):
             path = self.root / folder / name
             if path.exists():
                 return path
-        for parent in (self.running, self.done, self.failed):
-            if not parent.is_dir():
-                continue
-            for sub in parent.iterdir():
-                if sub.is_dir() and (sub / name).exists():
-                    return sub / name
-        return None
+        try:
+            nodes = [Path(entry.path) for entry in os.scandir(self.running) if entry.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return None
+        return next((node / name for node in nodes if (node / name).exists()), None)

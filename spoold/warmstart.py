@@ -84,7 +84,8 @@ class ForkServerLauncher:
 
     def _kill(self, job_id: str) -> None:
         with self.lock, contextlib.suppress(OSError):
-            self._send({"kill": job_id})
+            if self.proc is not None and self.proc.poll() is None:  # a dead server's children died with it
+                self._send({"kill": job_id})
 
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
