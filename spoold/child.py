@@ -1,7 +1,8 @@
 """Runs inside the job's child process: resolve the allowed class, call the method, report the outcome.
 
-Started as `python -m spoold.child SPEC.json` with the config's folder as its working directory. It
-never opens the spool: the job arrives as a copy, the outcome leaves as a file the daemon reads.
+Forked from the fork server with the spec in its request, or started as `python -m spoold.child
+SPEC.json` (spawn), with the config's folder as its working directory. It never opens the spool: the
+job arrives as a copy, the outcome leaves as a file the daemon reads once the child has exited.
 """
 
 from __future__ import annotations
@@ -21,9 +22,16 @@ from spoold.errors import JobRejected
 
 
 def report(path: Path, outcome: dict[str, Any]) -> None:
-    staged = path.with_suffix(".part")
-    staged.write_text(json.dumps(outcome), encoding="utf-8")
-    os.replace(staged, path)
+    """Written in place: it is read only after the child exited, and a cut-off JSON object never parses
+    (the daemon then records the run as Crashed)."""
+    data = json.dumps(outcome).encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
@@ -99,10 +107,10 @@ def die_with_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
-def execute(spec_path: Path) -> None:
-    """Run the job described in `spec_path`, report its outcome, and exit the process."""
-    die_with_parent()
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+def execute(spec: dict[str, Any], *, watch_parent: bool = True) -> None:
+    """Run the job described by `spec`, report its outcome, and exit the process."""
+    if watch_parent:
+        die_with_parent()
     outcome = run(spec)
     report(Path(spec["result_path"]), outcome)
     sys.stdout.flush()
@@ -112,7 +120,7 @@ def execute(spec_path: Path) -> None:
 
 
 def main() -> None:
-    execute(Path(sys.argv[1]))
+    execute(json.loads(Path(sys.argv[1]).read_text(encoding="utf-8")))
 
 
 if __name__ == "__main__":

@@ -3,7 +3,9 @@
 The daemon starts it as a fresh interpreter (`python -m spoold.forkserver ROOT NAMESPACE`), so it
 inherits none of the daemon's threads, locks or open spool files (notes L5). It imports spoold's
 child code and the job namespace once; each job is then a fork (about a millisecond) instead of a
-new interpreter (tens of milliseconds). The server is single-threaded, so forking it is safe.
+new interpreter (tens of milliseconds). The server is single-threaded, so forking it is safe. One
+child is forked ahead (the spare): it has made its session and waits on a pipe, so a job starts with
+one pipe write, and the fork for the next job happens after this one has started.
 
 Protocol, one JSON object per line: the daemon writes `{"id", "spec", "out", "env"}` on the server's
 stdin (or `{"kill": id}`: SIGKILL that job's group, if the server has not reaped it yet, so a pid is
@@ -22,36 +24,62 @@ import os
 import select
 import signal
 import sys
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def send(message: dict[str, Any]) -> None:
-    data = (json.dumps(message) + "\n").encode()
-    while data:
-        data = data[os.write(1, data):]
+    _write_all(1, (json.dumps(message) + "\n").encode())
 
 
-def _run_child(request: dict[str, Any], wakeup_read: int, wakeup_write: int) -> None:
-    """In the forked child: own session, output to the job's file, then the job itself. Never returns."""
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _spare(requests: int, inherited: list[int]) -> None:
+    """In a forked spare: its own session, the daemon's pipes let go at once (so a dead server's EOF
+    reaches the daemon), then wait for one request and run it. Never returns."""
     try:
         os.setsid()
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for target in (0, 1, 2):
+            os.dup2(devnull, target)
+        for fd in (devnull, *inherited):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        from spoold.child import die_with_parent, execute
+
+        die_with_parent()
+        data = _read_all(requests)
+        if not data:
+            os._exit(0)  # the server let this spare go unused
+        request = json.loads(data)
         out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        devnull = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(devnull, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        for fd in (out, devnull, wakeup_read, wakeup_write):
-            os.close(fd)
+        os.close(out)
         os.environ.update(request.get("env", {}))
-        from spoold.child import execute
-
-        execute(Path(request["spec"]))
+        execute(request["spec"], watch_parent=False)
     finally:
         os._exit(70)  # execute() exits itself; reaching here means the set-up failed
+
+
+@dataclass
+class Spare:
+    pid: int
+    requests: int  # the write end of its request pipe
 
 
 class Server:
@@ -63,18 +91,65 @@ class Server:
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the daemon to handle
         self.buffer = b""
+        self.spare: Spare | None = None
 
-    def start(self, request: dict[str, Any]) -> None:
+    def prepare(self) -> None:
+        """Before the first request: fork the spare."""
+        self.fork_spare()
+
+    def fork_spare(self) -> None:
+        read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _run_child(request, self.wakeup_read, self.wakeup_write)
-        self.children[pid] = request["id"]
-        send({"id": request["id"], "pid": pid})
+            _spare(read_end, [write_end, self.wakeup_read, self.wakeup_write])
+        os.close(read_end)
+        self.spare = Spare(pid, write_end)
+
+    def take_spare(self) -> Spare:
+        if self.spare is None:
+            self.fork_spare()
+        assert self.spare is not None
+        spare, self.spare = self.spare, None
+        return spare
+
+    def start(self, request: dict[str, Any]) -> None:
+        data = json.dumps(request).encode()
+        for _ in range(2):
+            spare = self.take_spare()
+            try:
+                _write_all(spare.requests, data)
+            except BrokenPipeError:  # it died while it waited: reap it, and use a fresh one
+                self.forget_spare(spare)
+                continue
+            finally:
+                os.close(spare.requests)
+            self.children[spare.pid] = request["id"]
+            send({"id": request["id"], "pid": spare.pid})
+            break
+        else:
+            send({"id": request["id"], "returncode": 70})  # no child would start: the job ends as Crashed
+        self.fork_spare()
+
+    def forget_spare(self, spare: Spare) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(spare.pid, signal.SIGKILL)  # it may not lead its own group yet
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(spare.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
 
     def reap(self) -> None:
         """Report every exited child; its leftover process group is killed before the pid is freed."""
+        if self.spare is not None:
+            try:
+                ended = os.waitpid(self.spare.pid, os.WNOHANG)[0] != 0
+            except ChildProcessError:
+                ended = True
+            if ended:  # killed from outside while it waited: the next job forks a new one
+                os.close(self.spare.requests)
+                self.spare = None
         for pid in list(self.children):
             try:
                 info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
@@ -122,11 +197,14 @@ class Server:
         """Hook for the worker pool: its workers' replies are read before exits are reaped."""
 
     def shutdown(self) -> None:
+        if self.spare is not None:
+            self.forget_spare(self.spare)
         for pid in self.children:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
 
     def serve(self) -> None:
+        self.prepare()
         while True:
             readable, _, _ = select.select(self.watched_fds(), [], [])
             self.on_readable(readable)

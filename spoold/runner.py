@@ -52,7 +52,7 @@ class ChildProcess:
 
     job: Job
     timeout: float
-    scratch: Path
+    stem: Path  # its files in the daemon's scratch folder: STEM.out, STEM.result (and STEM.spec for spawn)
     started: float
     deadline: float
     pid: int = 0
@@ -60,6 +60,9 @@ class ChildProcess:
     returncode: int | None = None
     killed_for: str | None = None
     exited: threading.Event = field(default_factory=threading.Event)
+
+    def scratch_file(self, suffix: str) -> Path:
+        return self.stem.with_name(self.stem.name + suffix)
 
     def kill(self, reason: str) -> None:
         """Kill the child and everything it started; `reason` (Timeout, Interrupted, Cancelled) is kept."""
@@ -70,9 +73,9 @@ class ChildProcess:
     def outcome(self) -> Outcome:
         """Read what the child reported; call once it has exited."""
         duration_ms = int((time.monotonic() - self.started) * 1000)
-        output = _tail(self.scratch / "out")
+        output = _tail(self.scratch_file(".out"))
         code = self.returncode
-        reported = _read_json(self.scratch / "result.json")
+        reported = _read_json(self.scratch_file(".result"))
         if self.killed_for == "Timeout":
             outcome = Outcome("failure", error=_error("Timeout", f"killed after the time limit of {self.timeout:g}s"),
                               error_mro=("Timeout",))
@@ -93,10 +96,9 @@ class ChildProcess:
         return outcome
 
     def cleanup(self) -> None:
-        for name in ("spec.json", "out", "result.json", "result.part"):
-            (self.scratch / name).unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            self.scratch.rmdir()
+        for suffix in (".out", ".result", ".spec"):
+            with contextlib.suppress(OSError):
+                os.unlink(self.scratch_file(suffix))
 
 
 def _from_report(reported: dict[str, Any]) -> Outcome:
@@ -144,7 +146,8 @@ def kill_group(pid: int) -> None:
 class Launcher(Protocol):
     """Starts a child for a written spec: a fresh interpreter (spawn) or a fork of a warm server."""
 
-    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None: ...
+    def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
+               on_exit: Callable[[str], None]) -> None: ...
 
     def warm_up(self) -> None: ...
 
@@ -157,11 +160,14 @@ class SpawnLauncher:
     def __init__(self, config: Config) -> None:
         self.root = config.root
 
-    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None:
-        with (child.scratch / "out").open("wb") as out:
+    def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
+               on_exit: Callable[[str], None]) -> None:
+        spec_path = child.scratch_file(".spec")
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        with child.scratch_file(".out").open("wb") as out:
             kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
                 "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-            proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(child.scratch / "spec.json")],
+            proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(spec_path)],
                                     cwd=self.root, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
                                     stdout=out, stderr=subprocess.STDOUT, close_fds=True, **kwargs)
         child.pid = proc.pid
@@ -203,21 +209,19 @@ def make_launcher(config: Config) -> Launcher:
     return ForkServerLauncher(config)
 
 
-def start_child(job: Job, config: Config, scratch: Path, on_exit: Callable[[str], None], *,
+def start_child(job: Job, config: Config, stem: Path, on_exit: Callable[[str], None], *,
                 allowed_methods: tuple[str, ...], timeout: float, launcher: Launcher) -> ChildProcess:
-    """Start the child of one job; raises OSError if it cannot start."""
-    scratch.mkdir(parents=True, exist_ok=True)
+    """Start the child of one job, its files named `stem`.*; raises OSError if it cannot start."""
+    now = time.monotonic()
+    child = ChildProcess(job, timeout, stem, started=now, deadline=now + timeout)
     spec: dict[str, Any] = {
         "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
         "root": str(config.root), "allowed_methods": list(allowed_methods),
-        "result_path": str(scratch / "result.json")}
+        "result_path": str(child.scratch_file(".result"))}
     if config.memory_limit_mb:
         spec["memory_limit_mb"] = config.memory_limit_mb
     if "previous_result" in job.doc:
         spec["previous_result"] = job.doc["previous_result"]
-    (scratch / "spec.json").write_text(json.dumps(spec), encoding="utf-8")
     env = {"SPOOLD_LOG_DIR": str(config.log_dir), "SPOOLD_JOB_ID": job.id, "SPOOLD_ATTEMPT": str(job.attempts)}
-    now = time.monotonic()
-    child = ChildProcess(job, timeout, scratch, started=now, deadline=now + timeout)
-    launcher.launch(child, env, on_exit)
+    launcher.launch(child, spec, env, on_exit)
     return child

@@ -68,7 +68,8 @@ class ForkServerLauncher:
         except (BrokenPipeError, ValueError) as e:
             raise OSError(f"the fork server is gone: {e}") from e
 
-    def launch(self, child: ChildProcess, env: dict[str, str], on_exit: Callable[[str], None]) -> None:
+    def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
+               on_exit: Callable[[str], None]) -> None:
         """Ask for a child and return at once: its pid arrives later; if the server dies first, the job
         ends as Crashed through the reader thread, so nothing waits forever."""
         job_id = child.job.id
@@ -76,8 +77,7 @@ class ForkServerLauncher:
         with self.lock:
             self.waiting[job_id], self.exits[job_id] = child, on_exit
             try:
-                self._send({"id": job_id, "spec": str(child.scratch / "spec.json"),
-                            "out": str(child.scratch / "out"), "env": env})
+                self._send({"id": job_id, "spec": spec, "out": str(child.scratch_file(".out")), "env": env})
             except OSError:
                 self._forget(job_id)
                 raise

@@ -66,7 +66,7 @@ def _work(requests: int, replies: int, max_jobs: int, inherited: list[int]) -> N
             _redirect(out)
             os.close(out)
             os.environ.update(request.get("env", {}))
-            spec = json.loads(Path(request["spec"]).read_text(encoding="utf-8"))
+            spec = request["spec"]
             report(Path(spec["result_path"]), run(spec))
             _redirect(devnull)
             os.write(replies, b"done\n")
@@ -79,6 +79,10 @@ class WorkerServer(Server):
         super().__init__()
         self.max_jobs = max_jobs
         self.workers: dict[int, Worker] = {}
+
+    def prepare(self) -> None:
+        """One worker ready before the first job."""
+        self._fork_worker()
 
     def _fork_worker(self) -> Worker:
         to_read, to_write = os.pipe()
