@@ -107,6 +107,29 @@ def die_with_parent(interval: float = 0.5) -> None:
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
 
 
+PR_SET_PDEATHSIG = 1
+
+
+def exit_with_parent(parent: int) -> bool:
+    """Linux: the kernel SIGKILLs us when `parent` (a single-threaded fork server) dies; no watcher thread.
+
+    Only this process dies so; its group is killed by the daemon, which sees the server end. False
+    where the platform cannot, and then the caller falls back to die_with_parent().
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent:  # it died before we asked
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+    return True
+
+
 def execute(spec: dict[str, Any], *, watch_parent: bool = True) -> None:
     """Run the job described by `spec`, report its outcome, and exit the process."""
     if watch_parent:

@@ -104,6 +104,7 @@ class Daemon:
         if self.launcher is not None:
             self.launcher.close()
         self.waker.close()
+        self.events.close()
         if self.node is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
             self.node.close()
@@ -330,7 +331,7 @@ class Daemon:
                 outcome = running.child.outcome()
                 running.child.cleanup()
                 self.finish(running.claim, outcome, running.child.pid, now)
-                if self.node is not None:
+                if self.node is not None and running.child.killed_for == "Cancelled":
                     cancel_marker(self.node.folder, job_id).unlink(missing_ok=True)
             except Exception:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)

@@ -45,7 +45,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _spare(requests: int, inherited: list[int]) -> None:
+def _spare(requests: int, inherited: list[int], server: int) -> None:
     """In a forked spare: its own session, the daemon's pipes let go at once (so a dead server's EOF
     reaches the daemon), then wait for one request and run it. Never returns."""
     try:
@@ -59,9 +59,10 @@ def _spare(requests: int, inherited: list[int]) -> None:
         for fd in (devnull, *inherited):
             with contextlib.suppress(OSError):
                 os.close(fd)
-        from spoold.child import die_with_parent, execute
+        from spoold.child import die_with_parent, execute, exit_with_parent
 
-        die_with_parent()
+        if not exit_with_parent(server):
+            die_with_parent()
         data = _read_all(requests)
         if not data:
             os._exit(0)  # the server let this spare go unused
@@ -101,9 +102,10 @@ class Server:
         read_end, write_end = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _spare(read_end, [write_end, self.wakeup_read, self.wakeup_write])
+            _spare(read_end, [write_end, self.wakeup_read, self.wakeup_write], server)
         os.close(read_end)
         self.spare = Spare(pid, write_end)
 
@@ -222,6 +224,8 @@ def main() -> None:
     isolation = sys.argv[3] if len(sys.argv) > 3 else "process"
     sys.path.insert(0, root)
     importlib.import_module("spoold.child")
+    if sys.platform.startswith("linux"):
+        importlib.import_module("ctypes")  # for exit_with_parent(), imported once here rather than per child
     with contextlib.suppress(Exception):  # a broken namespace fails each job with its own error instead
         importlib.import_module(namespace)
     send({"ready": True})

@@ -128,6 +128,11 @@ def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True) -> N
 
 def read_bounded(path: Path, limit: int) -> bytes:
     """Read a regular file without following a symlink or blocking on a FIFO; ValueError past `limit`."""
+    return read_bounded_stat(path, limit)[0]
+
+
+def read_bounded_stat(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """read_bounded, plus the file's fstat taken before reading it."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)
     try:
@@ -142,6 +147,6 @@ def read_bounded(path: Path, limit: int) -> bytes:
             size += len(chunk)
             if size > limit:
                 raise ValueError(f"too large: more than max_job_bytes {limit} bytes")
-        return b"".join(chunks)
+        return b"".join(chunks), info
     finally:
         os.close(fd)

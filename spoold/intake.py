@@ -17,7 +17,7 @@ from pathlib import Path
 from spoold.allowlist import check_allowed
 from spoold.config import Config
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded
+from spoold.fsio import read_bounded_stat
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
 from spoold.node import Node
@@ -70,14 +70,32 @@ def parse_allowed(config: Config, data: bytes, job_id: str) -> Job:
 TRANSIENT_READ_SECONDS = 1.0
 
 
-def _read_job(config: Config, path: Path, job_id: str) -> Job:
+@dataclass(frozen=True)
+class Read:
+    """A job read from a file, with the file's identity when it was read."""
+
+    job: Job
+    info: os.stat_result
+
+    def still_matches(self, path: Path) -> bool:
+        """True if `path` is the same file, unchanged (a rename keeps inode, size and mtime)."""
+        try:
+            now = os.lstat(path)
+        except OSError:
+            return False
+        before = self.info
+        return (now.st_ino, now.st_dev, now.st_size, now.st_mtime_ns) == (
+            before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns)
+
+
+def _read_job(config: Config, path: Path, job_id: str) -> Read:
     """Read and check a job file. JobRejected for what will not change (too large, not readable, invalid);
     other OSErrors (ENOENT, ESTALE, EIO) propagate: they say nothing about the job itself."""
     try:
         try:
-            data = read_bounded(path, config.max_job_bytes)
-        except PermissionError:
-            data = read_bounded(path, config.max_job_bytes)  # once more: only a lasting refusal rejects a job
+            data, info = read_bounded_stat(path, config.max_job_bytes)
+        except PermissionError:  # once more: only a lasting refusal rejects a job
+            data, info = read_bounded_stat(path, config.max_job_bytes)
     except ValueError as e:
         raise JobRejected(str(e)) from e
     except PermissionError as e:
@@ -88,7 +106,7 @@ def _read_job(config: Config, path: Path, job_id: str) -> Job:
         if e.errno == errno.ELOOP:  # became a symlink after the lstat: O_NOFOLLOW refused it
             raise JobRejected("a symlink, not a job file; never opened") from e
         raise
-    return parse_allowed(config, data, job_id)
+    return Read(parse_allowed(config, data, job_id), info)
 
 
 class Intake:
@@ -114,9 +132,10 @@ class Intake:
             return None
         settles_at = info.st_mtime + config.settle_seconds
         job_id = id_from_name(name) or new_job_id()
+        early: Read | None = None
         if settles_at > now:
             try:
-                _read_job(config, path, job_id)
+                early = _read_job(config, path, job_id)
             except (JobRejected, OSError):
                 return Deferred(settles_at)  # maybe still being written: not run, not rejected
         target = self.node.folder / (job_id + JOB_SUFFIX)
@@ -132,12 +151,16 @@ class Intake:
                 if isinstance(e, FileNotFoundError):
                     return None  # another daemon (or a person) took it first
                 raise
-        return self._check_claimed(config, folder, name, target, job_id, now)
+        if early is not None and early.job.id != job_id:
+            early = None
+        return self._check_claimed(config, folder, name, target, job_id, now, early)
 
     def _check_claimed(self, config: Config, folder: Path, name: str, target: Path, job_id: str,
-                       now: float) -> Claim | Deferred | None:
+                       now: float, early: Read | None) -> Claim | Deferred | None:
+        """Read the claimed file, unless it is still the very file read just before the claim."""
         try:
-            job = _read_job(config, target, job_id)
+            job = early.job if early is not None and early.still_matches(target) else _read_job(
+                config, target, job_id).job
         except FileNotFoundError:
             log.warning("job=%s claim %s vanished before it was read (lost claim)", job_id, target)
             return None

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -42,22 +44,62 @@ def format_event(status: str, *, job: str, at: datetime | None = None, **fields:
     return " ".join(parts)
 
 
+REOPEN_CHECK_SECONDS = 1.0
+
+
 class EventLog:
-    """Appends event lines with one write() each, so daemons sharing a log never interleave a line."""
+    """Appends event lines with one write() each, so daemons sharing a log never interleave a line.
+
+    Each file stays open between events; at most once a second it is checked against its name, so a
+    log rotated away (renamed, or deleted) is followed by a fresh file within a second.
+    """
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
+        self.open_files: dict[str, tuple[int, float]] = {}  # name -> (fd, when it was last checked)
+
+    def _fd(self, name: str) -> int:
+        now = time.monotonic()
+        held = self.open_files.get(name)
+        if held is not None:
+            fd, checked = held
+            if now - checked < REOPEN_CHECK_SECONDS or self._still_named(fd, name):
+                if now - checked >= REOPEN_CHECK_SECONDS:
+                    self.open_files[name] = (fd, now)
+                return fd
+            self._close(name)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log_dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+        self.open_files[name] = (fd, now)
+        return fd
+
+    def _still_named(self, fd: int, name: str) -> bool:
+        try:
+            by_name, held = os.stat(self.log_dir / name), os.fstat(fd)
+        except OSError:
+            return False
+        return (by_name.st_ino, by_name.st_dev) == (held.st_ino, held.st_dev)
+
+    def _close(self, name: str) -> None:
+        held = self.open_files.pop(name, None)
+        if held is not None:
+            with contextlib.suppress(OSError):
+                os.close(held[0])
+
+    def close(self) -> None:
+        for name in list(self.open_files):
+            self._close(name)
 
     def _append(self, name: str, text: str) -> None:
-        try:
-            self.log_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.log_dir / name, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = text.encode("utf-8", "backslashreplace")
+        for attempt in range(2):
             try:
-                os.write(fd, text.encode("utf-8", "backslashreplace"))
-            finally:
-                os.close(fd)
-        except OSError as e:
-            log.error("cannot write %s in %s: %s", name, self.log_dir, e)
+                os.write(self._fd(name), data)
+                return
+            except OSError as e:
+                self._close(name)  # a file that went bad (its disk, its folder) is opened afresh once
+                if attempt:
+                    log.error("cannot write %s in %s: %s", name, self.log_dir, e)
 
     def event(self, status: str, *, job: str, detail: str | None = None, **fields: Any) -> str:
         """Write one event line; failures and rejections also go to the errors log with `detail`."""

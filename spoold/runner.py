@@ -59,6 +59,7 @@ class ChildProcess:
     kill_group: Callable[[], None] = lambda: None
     returncode: int | None = None
     killed_for: str | None = None
+    spec_written: bool = False  # spawn passes the spec as a file, the fork server in its request
     exited: threading.Event = field(default_factory=threading.Event)
 
     def scratch_file(self, suffix: str) -> Path:
@@ -96,7 +97,7 @@ class ChildProcess:
         return outcome
 
     def cleanup(self) -> None:
-        for suffix in (".out", ".result", ".spec"):
+        for suffix in (".out", ".result", ".spec") if self.spec_written else (".out", ".result"):
             with contextlib.suppress(OSError):
                 os.unlink(self.scratch_file(suffix))
 
@@ -120,21 +121,37 @@ def _signal_name(number: int) -> str:
 
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
-        value = json.loads(path.read_text(encoding="utf-8"))
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        value = json.loads(b"".join(chunks))
     except (OSError, ValueError):
         return None
+    finally:
+        os.close(fd)
     return value if isinstance(value, dict) else None
 
 
 def _tail(path: Path) -> str:
+    """The last OUTPUT_TAIL_BYTES of what the job printed."""
     try:
-        with path.open("rb") as handle:
-            handle.seek(0, os.SEEK_END)
-            size = handle.tell()
-            handle.seek(max(0, size - OUTPUT_TAIL_BYTES))
-            return handle.read().decode("utf-8", "replace")
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError:
         return ""
+    try:
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return ""
+        os.lseek(fd, max(0, size - OUTPUT_TAIL_BYTES), os.SEEK_SET)
+        return os.read(fd, OUTPUT_TAIL_BYTES).decode("utf-8", "replace")
+    except OSError:
+        return ""
+    finally:
+        os.close(fd)
 
 
 def kill_group(pid: int) -> None:
@@ -164,6 +181,7 @@ class SpawnLauncher:
                on_exit: Callable[[str], None]) -> None:
         spec_path = child.scratch_file(".spec")
         spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        child.spec_written = True
         with child.scratch_file(".out").open("wb") as out:
             kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
                 "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}

@@ -47,9 +47,11 @@ class Mover:
 
     def id_taken(self, job_id: str, *, besides: Path | None = None) -> bool:
         """True if another file in a state folder already has this id (notes case 15)."""
-        for folder in TAKEN_CHECK:
-            path = self.paths.job_file(folder, job_id)
-            if path != besides and os.path.lexists(path):
+        root, name = os.fspath(self.paths.root), job_id + JOB_SUFFIX
+        skip = os.fspath(besides) if besides is not None else None
+        for folder in TAKEN_CHECK:  # plain strings: this runs at every claim
+            path = os.path.join(root, folder, name)
+            if path != skip and os.path.lexists(path):
                 return True
         return False
 

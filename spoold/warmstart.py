@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from spoold.config import Config
-from spoold.runner import ChildProcess
+from spoold.runner import ChildProcess, kill_group
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30.0
@@ -109,7 +109,16 @@ class ForkServerLauncher:
             log.error("the fork server died (exit %s); %d running job(s) ended with it", proc.returncode,
                       len(orphans))
         for job_id in orphans:
+            self._kill_orphan_group(job_id)
             self._ended(job_id, -9)
+
+    def _kill_orphan_group(self, job_id: str) -> None:
+        """The server died: its children died with it (exit_with_parent), but not what they started.
+        Their group ids stay reserved while a member lives, so killing the group cannot hit a stranger."""
+        with self.lock:
+            child = self.waiting.get(job_id)
+        if child is not None and child.pid > 0:
+            kill_group(child.pid)
 
     def _ended(self, job_id: str, returncode: int) -> None:
         with self.lock:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 from conftest import Project, wait_for
 
@@ -40,4 +41,19 @@ def test_run_job_py_prints_the_id_and_path_and_wait_prints_the_result(project: P
     failed = project.run_job("Raise", "handle", "ValueError,nope", "--wait")
     assert failed.returncode == 1
     assert "ValueError: nope" in failed.stderr
+    project.stop(daemon)
+
+
+def test_a_rotated_event_log_is_followed_by_a_fresh_file(project: Project) -> None:
+    """The daemon keeps its log open; a log moved away (logrotate) is replaced within about a second."""
+    daemon = project.start()
+    first = project.submit("Echo", "handle", ["one"])
+    wait_for(lambda: project.events(first) == ["started", "success"], 10, "first job logged")
+    rotated = project.logs / "background_jobs.log.1"
+    (project.logs / "background_jobs.log").rename(rotated)
+    time.sleep(1.2)  # past the daemon's once-a-second look at the name
+    second = project.submit("Echo", "handle", ["two"])
+    wait_for(lambda: project.events(second) == ["started", "success"], 10, "logged in a fresh background_jobs.log")
+    old = rotated.read_text(encoding="utf-8")
+    assert f"job={first} " in old and f"job={second} " not in old
     project.stop(daemon)

@@ -64,3 +64,19 @@ def test_a_killed_fork_server_ends_its_jobs_as_crashed_and_a_new_one_takes_over(
     after = project.submit("Echo", "handle", ["next"])
     wait_for(lambda: project.has("done", after), 10, "a new fork server runs the next job")
     assert project.stop(daemon)[0] == 0
+
+
+def test_when_the_fork_server_is_killed_its_jobs_grandchildren_die_too(project: Project) -> None:
+    pid_file = project.root / "grandchild.pid"
+    daemon = project.start()
+    job_id = project.submit("SpawnGrandchild", "handle", [str(pid_file)])
+    wait_for(pid_file.exists, 10, "the job started its grandchild")
+    wait_for(lambda: pid_file.read_text() != "", 5, "pid written")
+    grandchild = int(pid_file.read_text())
+    server = int(Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the job's child
+    server = int(Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    assert "spoold.forkserver" in _parent_name(server)
+    os.kill(server, 9)
+    wait_for(lambda: process_gone(grandchild), 5, "the grandchild died with the job's group")
+    wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed")
+    assert project.stop(daemon)[0] == 0
