@@ -16,6 +16,7 @@ from pathlib import Path
 from types import FrameType
 
 from spoold.chain import hand_on_chain
+from spoold.committer import Committer, Finished
 from spoold.config import Config, load_config
 from spoold.errors import ConfigError
 from spoold.index import ReadyIndex
@@ -62,9 +63,11 @@ class Daemon:
         self.paths = SpoolPaths(config.spool_dir)
         self.events = EventLog(config.log_dir)
         self.mover = Mover(self.paths, durable=self.config.durability == "fsync")
+        self.waker = Waker()
+        # Finished runs are committed by their own thread, with its own Mover (its stale list is its own).
+        self.committer = Committer(Mover(self.paths, durable=self.mover.durable), self.waker.wake)
         self.index = ReadyIndex(self.paths)
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
-        self.waker = Waker()
         self.watcher = Watcher([], self.waker)
         self.children: dict[str, Running] = {}
         self.exited: queue.SimpleQueue[str] = queue.SimpleQueue()
@@ -90,6 +93,7 @@ class Daemon:
         self.intake = Intake(self.node, self.mover, self.events)
         self.launcher = make_launcher(self.config)
         self.launcher.warm_up()
+        self.committer.start()
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
                                self.waker, root=self.paths.root)
@@ -101,6 +105,7 @@ class Daemon:
         self.watcher.stop()
         for running in self.children.values():
             running.child.kill("Interrupted")
+        self.committer.stop()  # what it holds is written (or left claimed, for recovery) before we go
         if self.launcher is not None:
             self.launcher.close()
         self.waker.close()
@@ -143,6 +148,7 @@ class Daemon:
     def loop_once(self, now: float) -> None:
         self.act_on_signals(now)
         self.collect_finished(now)
+        self.collect_committed(now)
         self.retry_pending(now)
         self.enforce_deadlines()
         if self.watcher.rearm_needed:  # renew the watch, and find by a rescan what arrived before it
@@ -191,7 +197,7 @@ class Daemon:
         if self.workers_override is not None:
             new = replace(new, workers=self.workers_override)  # --workers wins over the file, as at start
         self.config = new
-        self.mover.durable = new.durability == "fsync"
+        self.mover.durable = self.committer.mover.durable = new.durability == "fsync"
         log.info("configuration reloaded from %s", new.path)
 
     def rescan(self, now: float) -> None:
@@ -234,6 +240,8 @@ class Daemon:
         apply_retention(self.paths, self.config, now=now)
 
     def has_free_slot(self, now: float) -> bool:
+        """A slot frees when its child exits (its last move may still be in the committer's hands); a
+        result the spool could not take keeps its slot until it is written."""
         return now >= self.hold_claims_until and len(self.children) + len(self.pending) < self.config.workers
 
     def start_ready(self, now: float) -> None:
@@ -337,10 +345,32 @@ class Daemon:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
 
     def finish(self, claim: Claim, outcome: Outcome, pid: int, now: float) -> None:
+        """Settle the run in memory; a job's last move is handed to the committer, freeing its slot now.
+
+        A move that leads to another event of the same job (a retry, a chain's next step) is written
+        here, in order, so that its log line always comes before what follows it.
+        """
         assert self.node is not None and self.intake is not None
         job = claim.job
         settled = settle_run(job, outcome, self.config, node=self.node.id, pid=pid, now=now)
-        self.write(job, claim.path, settled, outcome.duration_ms, now)
+        if settled.folder in ("done", "failed") and not job.chain:
+            self.committer.submit(Finished(job, claim.path, settled, outcome.duration_ms, now))
+        else:
+            self.write(job, claim.path, settled, outcome.duration_ms, now)
+
+    def collect_committed(self, now: float) -> None:
+        for done in self.committer.take_committed():
+            item = done.finished
+            if isinstance(done.error, LostClaim):
+                log.warning("%s", done.error)
+            elif done.error is not None or done.target is None:
+                log.error("job=%s cannot write the spool (%s); retrying in %gs", item.job.id, done.error,
+                          SPOOL_RETRY_SECONDS)
+                self.hold_claims_until = now + SPOOL_RETRY_SECONDS  # no new work while results cannot be kept
+                self.pending.append(PendingCommit(item.job, item.claimed, item.settled, item.duration_ms,
+                                                  now + SPOOL_RETRY_SECONDS))
+            else:
+                self.written(item.job, done.target, item.settled, item.duration_ms, now)
 
     def write(self, job: Job, path: Path, settled: Settled, duration_ms: int | None, now: float) -> None:
         """Commit the job's new state (handing its chain on first) and log it.
@@ -358,6 +388,10 @@ class Daemon:
             log.error("job=%s cannot write the spool (%s); retrying in %gs", job.id, e, SPOOL_RETRY_SECONDS)
             self.pending.append(PendingCommit(job, path, settled, duration_ms, now + SPOOL_RETRY_SECONDS))
             return
+        self.written(job, target, settled, duration_ms, now)
+
+    def written(self, job: Job, target: Path, settled: Settled, duration_ms: int | None, now: float) -> None:
+        """After a commit: note a scheduled job's due time, and log the outcome."""
         if settled.folder == "scheduled":
             self.scheduled.note(target.name, due_time(job.doc, now))
         if settled.log_status:
@@ -377,13 +411,14 @@ class Daemon:
 
     def is_idle(self, now: float) -> bool:
         due = self.scheduled.next_due()
-        return not self.children and not self.pending and len(self.index) == 0 and (due is None or due > now)
+        return (not self.children and not self.pending and not self.committer.in_flight and len(self.index) == 0
+                and (due is None or due > now))
 
     def should_exit(self, now: float) -> bool:
         if self.grace_deadline is not None:
             # A second signal does not wait for a spool that cannot be written: those jobs stay in
             # running/ and are recovered by the next daemon.
-            return not self.children and (not self.pending or self.stop_requests > 1)
+            return not self.children and not self.committer.in_flight and (not self.pending or self.stop_requests > 1)
         if self.drain and self.is_idle(now):
             self.rescan(now)  # events are hints: look once more before leaving
             for path in self.watcher.take_hints():

@@ -61,7 +61,7 @@ class NameTaken(FileExistsError):
         super().__init__(errno.EEXIST, "name taken", str(dst))
 
 
-def _link(src: Path, dst: Path) -> bool:
+def link_no_replace(src: Path, dst: Path) -> bool:
     """link(src, dst); False when the filesystem has no hard links. NameTaken if dst exists."""
     try:
         os.link(src, dst, follow_symlinks=False)
@@ -84,7 +84,7 @@ def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
     raises, so the caller redoes it from the source (notes R4). A source that cannot be removed
     afterwards is left as a duplicate, logged, and False is returned: never redo a committed move.
     """
-    if os.name == "posix" and _link(src, dst):
+    if os.name == "posix" and link_no_replace(src, dst):
         if durable:
             try:
                 fsync_dir(dst.parent)
@@ -92,7 +92,7 @@ def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
                 with contextlib.suppress(OSError):
                     os.unlink(dst)
                 raise
-        return _remove_source(src, dst)
+        return remove_source(src, dst)
     # Windows (rename never replaces there), or a filesystem without hard links (checked, then renamed).
     if os.name == "posix" and os.path.lexists(dst):
         raise NameTaken(dst)
@@ -105,7 +105,8 @@ def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
     return True
 
 
-def _remove_source(src: Path, dst: Path) -> bool:
+def remove_source(src: Path, dst: Path) -> bool:
+    """The last step of a move to `dst`: unlink `src`; False (logged) if it stays as a duplicate."""
     try:
         os.unlink(src)
     except OSError as e:

@@ -6,12 +6,14 @@ the old copy removed. A crash in between leaves a duplicate that recovery resolv
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spoold.fsio import NameTaken, move_no_replace, publish
+from spoold.fsio import NameTaken, fsync_dir, link_no_replace, move_no_replace, publish, remove_source, write_tmp
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
 
@@ -72,6 +74,10 @@ class Mover:
         if not os.path.lexists(claimed):
             raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
         target = self.write(job, folder)
+        self._drop_claim(job, claimed, folder)
+        return target
+
+    def _drop_claim(self, job: Job, claimed: Path, folder: str) -> None:
         try:
             os.unlink(claimed)
         except OSError as e:  # committed all the same: a copy left behind is removed later, never redone
@@ -80,7 +86,52 @@ class Mover:
             else:
                 log.error("job=%s is in %s/ but %s cannot be removed yet: %s", job.id, folder, claimed, e)
                 self.stale.append(claimed)
-        return target
+
+    def commit_many(self, items: Sequence[tuple[Job, Path, str]]) -> list[Path | Exception]:
+        """commit() for jobs that finished together (group commit): each new version is staged and
+        fsynced, all are linked in, each target folder is fsynced once, and only then are the claimed
+        copies removed. Per job: its target, or the OSError / LostClaim that left it uncommitted."""
+        results: list[Path | Exception] = []
+        linked: list[tuple[int, Path, Path]] = []  # (index, staged, target)
+        for index, (job, claimed, folder) in enumerate(items):
+            results.append(LostClaim(f"job={job.id} not committed"))
+            try:
+                if os.name != "posix":  # no hard links to group: one move at a time
+                    results[index] = self.commit(job, claimed, folder)
+                    continue
+                if not os.path.lexists(claimed):
+                    raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
+                staged = write_tmp(self.paths.tmp, dump_job(job), durable=self.durable)
+                target = self.paths.job_file(folder, job.id)
+                try:
+                    if link_no_replace(staged, target):
+                        linked.append((index, staged, target))
+                        continue
+                except NameTaken:
+                    pass
+                except OSError:
+                    staged.unlink(missing_ok=True)
+                    raise
+                staged.unlink(missing_ok=True)  # a taken name, or no hard links here: the one-job path
+                results[index] = self.commit(job, claimed, folder)
+            except (OSError, LostClaim) as e:
+                results[index] = e
+        for folder_path in {target.parent for _, _, target in linked} if self.durable else ():
+            try:
+                fsync_dir(folder_path)
+            except OSError as e:  # not durable: undo these links, so the jobs are committed again later
+                for index, staged, target in [x for x in linked if x[2].parent == folder_path]:
+                    with contextlib.suppress(OSError):
+                        os.unlink(target)
+                    staged.unlink(missing_ok=True)
+                    results[index] = e
+                linked = [x for x in linked if x[2].parent != folder_path]
+        for index, staged, target in linked:
+            job, claimed, folder = items[index]
+            remove_source(staged, target)  # a tmp/ copy left behind is reaped later
+            self._drop_claim(job, claimed, folder)
+            results[index] = target
+        return results
 
     def write_back(self, claimed: Path, original: Path) -> None:
         """Undo a claim, bytes unchanged; if the name was taken meanwhile, use a fresh one beside it."""

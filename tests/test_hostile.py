@@ -626,7 +626,10 @@ def test_a_full_disk_refuses_a_submit_with_exit_3_and_never_costs_a_running_job_
     text = output.read_text(encoding="utf-8")
     assert "No space left on device" in text
     assert daemon.poll() is None, text
-    assert set(project.names("running")) == started, "a finished job left running/ while the disk was full"
+    # A slot frees when its child exits, so the other two may have been claimed before the first failed
+    # commit was known; after it, nothing more is claimed, and no finished job has left running/.
+    running = set(project.names("running"))
+    assert started <= running <= {job_id + ".json" for job_id in ids}, "a finished job left running/"
     assert files_in(small_spool / "done") == [] and files_in(small_spool / "failed") == []
     assert [line for line in project.log_lines() if " status=started" not in line] == []
 

@@ -1,0 +1,76 @@
+"""Group commit (issue 5): jobs that finish together share one folder fsync, and each one still
+commits, or fails, on its own. Real files in a real spool; os.fsync is only counted, never replaced."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from spoold.job import Job
+from spoold.paths import SpoolPaths
+from spoold.transitions import LostClaim, Mover
+
+
+def claimed_jobs(paths: SpoolPaths, ids: list[str]) -> list[tuple[Job, Path, str]]:
+    node = paths.running_of("node-1")
+    node.mkdir(parents=True)
+    items = []
+    for job_id in ids:
+        claimed = node / f"{job_id}.json"
+        doc = {"id": job_id, "class": "Echo", "method": "handle", "params": [], "status": "done"}
+        claimed.write_text(json.dumps(doc))
+        items.append((Job(job_id, doc), claimed, "done"))
+    return items
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> SpoolPaths:
+    spool = SpoolPaths(tmp_path / "spool")
+    spool.create()
+    return spool
+
+
+def test_jobs_finishing_together_share_one_fsync_of_their_folder(paths: SpoolPaths,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def counting_fsync(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}") if os.path.exists("/proc/self/fd") else "?")
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counting_fsync)
+    items = claimed_jobs(paths, ["a", "b", "c"])
+    results = Mover(paths).commit_many(items)
+    assert results == [paths.job_file("done", job_id) for job_id in ("a", "b", "c")]
+    assert sorted(p.name for p in paths.done.iterdir()) == ["a.json", "b.json", "c.json"]
+    assert list(paths.running_of("node-1").iterdir()) == [], "every claimed copy removed"
+    assert list(paths.tmp.iterdir()) == []
+    if os.path.exists("/proc/self/fd"):
+        assert synced.count(str(paths.done)) == 1, synced  # one folder fsync for the three
+        assert len(synced) == 4  # and each file's own
+
+
+def test_in_a_group_a_lost_claim_or_a_taken_name_touches_only_its_own_job(paths: SpoolPaths) -> None:
+    items = claimed_jobs(paths, ["a", "b", "c"])
+    items[0][1].unlink()  # a's claim was taken from us
+    paths.job_file("done", "b").write_text("{}")  # b's name is taken in done/
+    results = Mover(paths).commit_many(items)
+    assert isinstance(results[0], LostClaim)
+    assert isinstance(results[1], Path) and results[1].name != "b.json"  # a fresh id, the old name kept
+    assert json.loads(results[1].read_text())["source_name"] == "b.json"
+    assert results[2] == paths.job_file("done", "c")
+    assert paths.job_file("done", "b").read_text() == "{}", "never replaced"
+    assert list(paths.running_of("node-1").iterdir()) == []
+
+
+def test_a_group_that_cannot_be_written_leaves_every_claim_in_place(paths: SpoolPaths) -> None:
+    items = claimed_jobs(paths, ["a", "b"])
+    paths.tmp.rmdir()  # nowhere to stage: each job fails with its own OSError
+    results = Mover(paths).commit_many(items)
+    assert all(isinstance(r, OSError) for r in results)
+    assert sorted(p.name for p in paths.running_of("node-1").iterdir()) == ["a.json", "b.json"]
+    assert list(paths.done.iterdir()) == []
