@@ -95,8 +95,8 @@ class Daemon:
         self.launcher.warm_up()
         self.committer.start()
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
-        self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled, self.node.folder],
-                               self.waker, root=self.paths.root)
+        self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker,
+                               root=self.paths.root, markers=self.node.folder)
         if self.config.file_events:
             self.watcher.start()
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)

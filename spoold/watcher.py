@@ -16,7 +16,16 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.events import (
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileMovedEvent,
+    FileSystemEvent,
+    FileSystemEventHandler,
+)
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
@@ -93,17 +102,31 @@ class _Hints(FileSystemEventHandler):
         self.waker.wake()
 
 
+# Which events each watch asks the kernel for (inotify's mask; other platforms filter in watchdog).
+# Every other event would cost the daemon's watcher threads work per job for nothing: a job's own
+# claim, commit and the reads of it make about nine events; with these masks it makes two.
+# Ready folders and scheduled/: a file linked, made or moved in (moves out come with it).
+JOB_EVENTS: list[type[FileSystemEvent]] = [FileCreatedEvent, FileMovedEvent]
+# The daemon's folder: `spoold cancel` touches a marker; the claims renamed in are not wanted.
+MARKER_EVENTS: list[type[FileSystemEvent]] = [FileClosedEvent]
+# The spool root: a state folder removed, made or moved.
+FOLDER_EVENTS: list[type[FileSystemEvent]] = [DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+
+
 class Watcher:
     """One observer with a non-recursive watch per folder (notes W2); degrades to rescans only.
 
     The spool root is watched too, so a ready folder removed and made again (`rm -r low && mkdir low`)
     is noticed and its watch renewed (notes case 28); rescans catch what happened in between.
+    `markers` is the daemon's own folder, watched only for files written there (cancel markers).
     """
 
-    def __init__(self, folders: Iterable[Path], waker: Waker, *, root: Path | None = None) -> None:
+    def __init__(self, folders: Iterable[Path], waker: Waker, *, root: Path | None = None,
+                 markers: Path | None = None) -> None:
         self.folders = list(folders)
         self.root = root
-        self.hints = _Hints(waker, self.folders)
+        self.markers = markers
+        self.hints = _Hints(waker, self.watched())
         self.observer: BaseObserver | None = None
         self.watches: dict[Path, ObservedWatch] = {}
 
@@ -118,13 +141,22 @@ class Watcher:
         self.observer = observer
         if self.root is not None:
             self._watch(self.root)
-        for folder in self.folders:
+        for folder in self.watched():
             self._watch(folder)
+
+    def watched(self) -> list[Path]:
+        return [*self.folders, *([self.markers] if self.markers is not None else [])]
+
+    def _events_for(self, folder: Path) -> list[type[FileSystemEvent]]:
+        if folder == self.root:
+            return FOLDER_EVENTS
+        return MARKER_EVENTS if folder == self.markers else JOB_EVENTS
 
     def _watch(self, folder: Path) -> None:
         assert self.observer is not None
         try:
-            self.watches[folder] = self.observer.schedule(self.hints, str(folder), recursive=False)
+            self.watches[folder] = self.observer.schedule(self.hints, str(folder), recursive=False,
+                                                          event_filter=self._events_for(folder))
         except OSError as e:
             log.warning("cannot watch %s (%s); rescans will find its jobs", folder, e)
 
@@ -137,7 +169,7 @@ class Watcher:
             replaced, self.hints.replaced = self.hints.replaced, set()
         if self.observer is None:
             return
-        for folder in self.folders:
+        for folder in self.watched():
             if str(folder) not in replaced:
                 continue
             if not folder.is_dir():

@@ -86,7 +86,7 @@ def test_with_aging_an_old_low_job_runs_during_a_flood_of_high_jobs(project: Pro
 
 
 def test_a_cancel_marker_stops_the_running_child_and_the_job_fails_as_cancelled(project: Project) -> None:
-    project.configure(retry_attempts=3)
+    project.configure(retry_attempts=3, rescan_seconds=60)  # the watch on the daemon's folder must see it
     daemon = project.start()
     marker = project.root / "pid"
     job_id = project.submit("Sleep", "handle", ["30", str(marker)])
