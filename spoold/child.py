@@ -14,8 +14,9 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from spoold.allowlist import JobNotFound, check_allowed, resolve_class
 from spoold.errors import JobRejected
@@ -110,20 +111,25 @@ def die_with_parent(interval: float = 0.5) -> None:
 PR_SET_PDEATHSIG = 1
 
 
-def exit_with_parent(parent: int) -> bool:
+def find_prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux, else None. The fork server looks it up once, before it forks."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return cast(Callable[..., int], ctypes.CDLL(None, use_errno=True).prctl)
+    except (OSError, AttributeError):
+        return None
+
+
+def exit_with_parent(parent: int, prctl: Callable[..., int] | None) -> bool:
     """Linux: the kernel SIGKILLs us when `parent` (a single-threaded fork server) dies; no watcher thread.
 
     Only this process dies so; its group is killed by the daemon, which sees the server end. False
     where the platform cannot, and then the caller falls back to die_with_parent().
     """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import ctypes
-
-        if ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
+    if prctl is None or prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
         return False
     if os.getppid() != parent:  # it died before we asked
         os.killpg(os.getpgrp(), signal.SIGKILL)

@@ -83,10 +83,14 @@ def write_job(config: Config, job: Job, folder: str) -> Path:
         raise SubmitError(f"job is too large: {len(data)} bytes > max_job_bytes {config.max_job_bytes}")
     paths = SpoolPaths(config.spool_dir)
     target = paths.job_file(folder, job.id)
+    durable = config.durability == "fsync"
     try:
-        paths.tmp.mkdir(parents=True, exist_ok=True)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        publish(paths.tmp, data, target, durable=config.durability == "fsync")
+        try:
+            publish(paths.tmp, data, target, durable=durable)
+        except FileNotFoundError:  # a spool no daemon has made yet: make its folders, once
+            paths.tmp.mkdir(parents=True, exist_ok=True)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            publish(paths.tmp, data, target, durable=durable)
     except OSError as e:
         raise SpoolWriteError(f"cannot write {target}: {e.strerror or e}") from e
     return target
