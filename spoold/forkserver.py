@@ -30,14 +30,14 @@ from dataclasses import dataclass
 from typing import Any
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
 
 
 def send(message: dict[str, Any]) -> None:
-    _write_all(1, (json.dumps(message) + "\n").encode())
+    write_all(1, (json.dumps(message) + "\n").encode())
 
 
 def _read_all(fd: int) -> bytes:
@@ -121,12 +121,12 @@ class Server:
         spare, self.spare = self.spare, None
         return spare
 
-    def start(self, request: dict[str, Any]) -> None:
-        data = json.dumps(request).encode()
+    def start(self, request: dict[str, Any], raw: bytes) -> None:
+        """Hand the request, as the daemon wrote it (`raw`), to the spare; then fork the next spare."""
         for _ in range(2):
             spare = self.take_spare()
             try:
-                _write_all(spare.requests, data)
+                write_all(spare.requests, raw)
             except BrokenPipeError:  # it died while it waited: reap it, and use a fresh one
                 self.forget_spare(spare)
                 continue
@@ -188,7 +188,7 @@ class Server:
             if "kill" in request:
                 self.kill(request["kill"])
             else:
-                self.start(request)
+                self.start(request, line)
         return True
 
     def kill(self, job_id: str) -> None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoold.forkserver import Server, send
+from spoold.forkserver import Server, send, write_all
 
 
 @dataclass
@@ -101,12 +101,12 @@ class WorkerServer(Server):
         self.workers[pid] = worker
         return worker
 
-    def start(self, request: dict[str, Any]) -> None:
+    def start(self, request: dict[str, Any], raw: bytes) -> None:
         idle = (w for w in self.workers.values() if w.job_id is None and w.jobs < self.max_jobs)
         worker = next(idle, None) or self._fork_worker()
         worker.job_id, worker.jobs = request["id"], worker.jobs + 1
         with contextlib.suppress(BrokenPipeError):  # it died a moment ago: reaping reports the job with it
-            os.write(worker.to_worker, (json.dumps(request) + "\n").encode())
+            write_all(worker.to_worker, raw + b"\n")  # a large request may take more than one write
         send({"id": request["id"], "pid": worker.pid})
 
     def kill(self, job_id: str) -> None:

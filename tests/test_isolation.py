@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from conftest import Project, process_gone, wait_for
 
 
@@ -57,3 +58,13 @@ def test_cancelling_a_job_kills_its_worker_and_files_it_as_cancelled(project: Pr
     next_id = project.submit("Echo", "handle", ["after"])
     wait_for(lambda: project.has("done", next_id), 10, "a new worker runs the next job")
     assert project.stop(daemon)[0] == 0
+
+
+@pytest.mark.parametrize("isolation", ["process", "worker"])
+def test_a_request_larger_than_a_pipe_buffer_reaches_its_child_whole(project: Project, isolation: str) -> None:
+    project.configure(workers=1, max_job_bytes=400_000)
+    project.set_keys(isolation=f'"{isolation}"')
+    big = "x" * 150_000  # more than one pipe write (64 KiB) between the daemon, the server and the child
+    job_id = project.submit("Echo", "handle", [big, "end"])
+    assert project.drain().returncode == 0
+    assert project.doc("done", job_id)["result"] == [big, "end"]
