@@ -37,6 +37,13 @@ BENCH_SCALE ?= full
 bench:
 	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/run.sh
 
+# make bench-profile [PROFILE_ARGS="3000 worker fast"]: CPU per job by process and thread, and py-spy stacks
+# (bench/profile.py); writes bench/results/profile-ISOLATION-DURABILITY.md.
+PROFILE_ARGS ?= 3000 process fsync
+.PHONY: bench-profile
+bench-profile:
+	PYTHON=$(PYTHON) bench/run.sh profile $(PROFILE_ARGS)
+
 # make soak [SOAK_ARGS="--scale 0.05 --only many-daemons,crash-loop"]: the long scenarios (soak/run.py):
 # 5,000 jobs on 4 daemons, a SIGKILL halfway, a crash loop, a 50,000-file burst, memory, every crash point.
 # Prints a table (jobs, faults, restarts, lost, duplicated) and writes soak/results/latest.json.

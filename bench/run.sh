@@ -3,6 +3,7 @@
 # redis-server on a free loopback port (no persistence, stopped by pid on any exit), then bench.py.
 #   BENCH_SCALE=small   a quick run (about two minutes) instead of the full sizes
 #   PYTHON=python3.11   the interpreter the venv is made from
+#   bench/run.sh profile [JOBS ISOLATION DURABILITY]   where the CPU goes instead (bench/profile.py)
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -18,6 +19,11 @@ if [ ! -f "$stamp" ] || [ "$here/requirements.txt" -nt "$stamp" ] || [ "$here/..
     "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
     "$venv/bin/python" -m pip install --quiet -e "$here/.."
     touch "$stamp"
+fi
+
+if [ "${1:-}" = "profile" ]; then  # `make bench-profile`: no peers, no redis; see bench/profile.py
+    shift
+    exec "$venv/bin/python" "$here/profile.py" "$@"
 fi
 
 if ! command -v redis-server >/dev/null 2>&1; then
