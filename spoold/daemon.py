@@ -156,6 +156,8 @@ class Daemon:
             self.index.rescan(now)
         if now >= self.next_rescan:
             self.rescan(now)
+        elif self.index.scanning:
+            self.index.rescan_step()  # a large folder is read a chunk per pass, jobs starting meanwhile
         for path in self.watcher.take_hints():
             self.index.hint(path)
             self.scheduled.hint(path)
@@ -209,7 +211,8 @@ class Daemon:
         except OSError as e:
             log.error("cannot create the spool folders: %s", e)
         self.watcher.rearm()
-        self.index.rescan(now)
+        if not self.index.scanning:  # one still reading a large backlog goes on rather than start over
+            self.index.rescan(now)
         self.scheduled.rescan()
         self.cancel_marked()
         self.next_rescan = now + self.config.rescan_seconds
@@ -412,7 +415,7 @@ class Daemon:
     def is_idle(self, now: float) -> bool:
         due = self.scheduled.next_due()
         return (not self.children and not self.pending and not self.committer.in_flight and len(self.index) == 0
-                and (due is None or due > now))
+                and not self.index.scanning and (due is None or due > now))
 
     def should_exit(self, now: float) -> bool:
         if self.grace_deadline is not None:
@@ -427,6 +430,8 @@ class Daemon:
         return False
 
     def sleep_seconds(self, now: float) -> float:
+        if self.index.scanning:
+            return 0.0
         wake_at = [self.next_rescan, self.next_retention]
         wake_at += [t for t in (self.scheduled.next_due(),) if t is not None]  # promotion needs no free slot
         if self.has_free_slot(now) or self.hold_claims_until > now:

@@ -9,16 +9,32 @@ from __future__ import annotations
 import heapq
 import os
 import stat
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spoold.paths import READY, SpoolPaths, is_job_name
+
+SCAN_CHUNK = 2000  # entries a rescan reads per pass of the loop; a backlog this small is ordered at once
 
 
 @dataclass
 class _Folder:
     heap: list[tuple[int, str]] = field(default_factory=list)
     members: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Scan:
+    """A rescan under way: which folder it reads, and what it has found so far."""
+
+    folders: Iterator[str]
+    fresh: dict[str, _Folder]
+    hinted: dict[tuple[str, str], int] = field(default_factory=dict)  # indexed by an event meanwhile
+    taken: set[tuple[str, str]] = field(default_factory=set)  # popped meanwhile: the loop has them
+    priority: str | None = None
+    entries: Iterator[os.DirEntry[str]] | None = None
+    close: Callable[[], None] = lambda: None
 
 
 class ReadyIndex:
@@ -28,11 +44,14 @@ class ReadyIndex:
         self.paths = paths
         self.folders = {priority: _Folder() for priority in READY}
         self.deferred: dict[tuple[str, str], float] = {}
+        self.scan: _Scan | None = None
 
     def __len__(self) -> int:
         return sum(len(f.members) for f in self.folders.values()) + len(self.deferred)
 
     def add(self, priority: str, name: str, entered_ns: int) -> None:
+        if self.scan is not None:
+            self.scan.hinted[(priority, name)] = entered_ns
         folder = self.folders[priority]
         if name in folder.members or (priority, name) in self.deferred:
             return
@@ -55,28 +74,83 @@ class ReadyIndex:
         """Look at this file again at `until` (a hand-written file that has not settled yet)."""
         self.deferred[(priority, name)] = until
 
-    def rescan(self, now: float) -> None:
-        """Rebuild from the folders; events are only hints (notes W1, W8)."""
-        for priority in READY:
-            folder = _Folder()
-            try:
-                entries = os.scandir(self.paths.ready(priority))
-            except FileNotFoundError:
-                entries = None
-            if entries is not None:
-                with entries:
-                    for entry in entries:
-                        if not is_job_name(entry.name) or (priority, entry.name) in self.deferred:
-                            continue
-                        try:
-                            info = entry.stat(follow_symlinks=False)
-                        except OSError:
-                            continue
-                        if not stat.S_ISDIR(info.st_mode):
-                            folder.members.add(entry.name)
-                            folder.heap.append((info.st_ctime_ns, entry.name))
+    @property
+    def scanning(self) -> bool:
+        return self.scan is not None
+
+    def rescan(self, now: float, *, whole: bool = False) -> None:
+        """Start rebuilding from the folders (events are only hints, notes W1, W8) and read the first
+        SCAN_CHUNK entries now; `whole` reads them all before returning.
+
+        What a scan finds is indexed as it is read, so with a large backlog jobs start while the scan
+        goes on (in the order found until it ends); when it ends, the scan's view replaces the index,
+        which drops files that left without an event.
+        """
+        self.scan = _Scan(iter(READY), {priority: _Folder() for priority in READY})
+        while not self.rescan_step() and whole:
+            pass
+
+    def rescan_step(self, budget: int = SCAN_CHUNK) -> bool:
+        """Read up to `budget` more entries of the scan under way; True once it has ended (or none runs)."""
+        scan = self.scan
+        if scan is None:
+            return True
+        while budget > 0:
+            if scan.entries is None:
+                scan.priority = next(scan.folders, None)
+                if scan.priority is None:
+                    break
+                try:
+                    listing = os.scandir(self.paths.ready(scan.priority))
+                except FileNotFoundError:
+                    continue
+                scan.entries, scan.close = listing, listing.close
+            entry = next(scan.entries, None)
+            if entry is None:
+                scan.close()
+                scan.entries = None
+                continue
+            budget -= 1
+            self._scanned(scan, entry)
+        else:
+            return False
+        self._swap_in(scan)
+        return True
+
+    def _swap_in(self, scan: _Scan) -> None:
+        """The scan has ended: its view, plus what events added meanwhile, minus what was popped."""
+        for (priority, name), entered_ns in scan.hinted.items():
+            fresh = scan.fresh[priority]
+            if name in self.folders[priority].members and name not in fresh.members:
+                fresh.members.add(name)
+                fresh.heap.append((entered_ns, name))
+        for priority, name in scan.taken - scan.hinted.keys():
+            scan.fresh[priority].members.discard(name)
+        for folder in scan.fresh.values():
+            folder.heap = [(ns, name) for ns, name in folder.heap if name in folder.members]
             heapq.heapify(folder.heap)
-            self.folders[priority] = folder
+        self.folders = scan.fresh
+        self.scan = None
+
+    def _scanned(self, scan: _Scan, entry: os.DirEntry[str]) -> None:
+        assert scan.priority is not None
+        key = (scan.priority, entry.name)
+        if not is_job_name(entry.name) or key in self.deferred or key in scan.taken:
+            return
+        try:
+            info = entry.stat(follow_symlinks=False)
+        except OSError:
+            return
+        if stat.S_ISDIR(info.st_mode):
+            return
+        fresh = scan.fresh[scan.priority]
+        if entry.name not in fresh.members:
+            fresh.members.add(entry.name)
+            fresh.heap.append((info.st_ctime_ns, entry.name))
+        live = self.folders[scan.priority]
+        if entry.name not in live.members:  # startable at once, before the scan has ended
+            live.members.add(entry.name)
+            heapq.heappush(live.heap, (info.st_ctime_ns, entry.name))
 
     def next_due(self) -> float | None:
         return min(self.deferred.values(), default=None)
@@ -109,4 +183,7 @@ class ReadyIndex:
         folder = self.folders[best[2]]
         _, name = heapq.heappop(folder.heap)
         folder.members.discard(name)
+        if self.scan is not None:
+            self.scan.taken.add((best[2], name))
+            self.scan.hinted.pop((best[2], name), None)
         return best[2], name
