@@ -42,13 +42,16 @@ SCALES: dict[str, dict[str, Any]] = {
     # jobs per throughput run; latency samples and their rate; the scale run's backlogs and measuring window;
     # the spawn floor's (smaller) runs; the time budget after which the remaining runs are skipped.
     "full": {"noop": 5000, "sleep": 1000, "latency_jobs": 150, "latency_rate": 10.0,
-             "scale_files": 100_000, "scale_base": 1000, "scale_window": 300, "scale_limit_s": 90,
+             "scale_files": 100_000, "scale_base": 1000, "scale_window": 300, "scale_later": (1000, 2000),
+             "scale_limit_s": 90,
              "spawn_floor": {"noop": 500, "sleep": 100}, "budget_s": 16 * 60},
     "small": {"noop": 300, "sleep": 100, "latency_jobs": 30, "latency_rate": 10.0,
-              "scale_files": 10_000, "scale_base": 1000, "scale_window": 100, "scale_limit_s": 45,
+              "scale_files": 10_000, "scale_base": 1000, "scale_window": 100, "scale_later": (1000, 1500),
+              "scale_limit_s": 45,
               "budget_s": 5 * 60},
     "tiny": {"noop": 40, "sleep": 20, "latency_jobs": 10, "latency_rate": 10.0,
-             "scale_files": 500, "scale_base": 100, "scale_window": 30, "scale_limit_s": 20,
+             "scale_files": 500, "scale_base": 100, "scale_window": 30, "scale_later": (100, 200),
+             "scale_limit_s": 20,
              "budget_s": 3 * 60},
 }
 
@@ -688,9 +691,11 @@ class Bench:
             self.cleanup(run_dir)
         return result
 
-    def scale_run(self, system: Spoold, backlog: int, window: int) -> dict[str, Any]:
+    def scale_run(self, system: Spoold, backlog: int, window: int,
+                  later: tuple[int, int] | None = None) -> dict[str, Any]:
         """`backlog` ready no-ops, then `spoold start`: time to the first start, jobs/s over the first
-        `window` jobs, the daemon's peak RSS; then SIGTERM (the rest stays ready)."""
+        `window` jobs (the start-up scan of the backlog runs meanwhile), jobs/s over jobs `later` (from,
+        to: past the start-up, at almost the whole backlog), the daemon's peak RSS; then SIGTERM."""
         run_dir = self.run_dir(system, f"scale{backlog}")
         result: dict[str, Any] = {"backlog": backlog, "window": window}
         try:
@@ -705,11 +710,16 @@ class Bench:
             procs = system.launch("noop", batch=False)
             monitor = Monitor(record, [p.pid for p in procs])
             limit_s = min(self.sizes["scale_limit_s"], max(20.0, self.budget.left() - 30))
-            state = monitor.wait_lines(window, time.monotonic() + limit_s, procs)
+            later = later if later is not None and backlog >= later[1] else None
+            state = monitor.wait_lines(max(window, later[1] if later else 0), time.monotonic() + limit_s, procs)
             t_stop = time.time()
             error = system.finish(procs, monitor, batch=False)
             result["stop_s"] = round(time.time() - t_stop, 2)
-            starts = sorted(Record.read(record).starts.values())[:window]
+            every = sorted(Record.read(record).starts.values())
+            if later is not None and len(every) >= later[1]:
+                span = every[later[1] - 1] - every[later[0]]
+                result.update(later=list(later), later_jobs_per_s=round((later[1] - later[0] - 1) / span, 1))
+            starts = every[:window]
             if len(starts) < 2:
                 raise RuntimeError(f"{state}: {len(starts)} of {window} jobs started in {limit_s:.0f} s; "
                                    f"{error or ''} {tail(system.log_path())}")
@@ -898,18 +908,21 @@ def table(report: dict[str, Any]) -> str:
 
 def scale_table(report: dict[str, Any]) -> str:
     head = ["spoold variant", "ready backlog", "first job started after s", "jobs/s over the first jobs",
-            "daemon peak RSS MB", "throughput vs 1,000 backlog"]
+            "daemon peak RSS MB", "throughput vs 1,000 backlog", "jobs/s later (vs 1,000 backlog)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for entry in report["scale_runs"]:
         base = entry["runs"][0] if entry["runs"] else {}
         for run in entry["runs"]:
             if not run.get("ok"):
                 error = str(run.get("error", ""))[:80]
-                lines.append(f"| {entry['name']} | {run['backlog']:,} | failed: {error} | — | — | — |")
+                lines.append(f"| {entry['name']} | {run['backlog']:,} | failed: {error} | — | — | — | — |")
                 continue
+            base_rate = base.get("jobs_per_s") if base.get("ok") else None
+            later = (f"{fmt(run['later_jobs_per_s'])}, jobs {run['later'][0] + 1:,}–{run['later'][1]:,} "
+                     f"({ratio(run['later_jobs_per_s'], base_rate)})" if run.get("later_jobs_per_s") else "—")
             lines.append(f"| {entry['name']} | {run['backlog']:,} | {fmt(run['first_start_s'], 2)} | "
                          f"{fmt(run['jobs_per_s'])} ({window_note(run)}) | {fmt(run['daemon_peak_rss_mb'], 1)} | "
-                         f"{ratio(run['jobs_per_s'], base.get('jobs_per_s') if base.get('ok') else None)} |")
+                         f"{ratio(run['jobs_per_s'], base_rate)} | {later} |")
     return "\n".join(lines)
 
 
@@ -1123,10 +1136,11 @@ def run_scale(bench: Bench, variant: Spoold) -> dict[str, Any]:
                                   "error": "skipped: time budget spent"})
             continue
         log(f"scale: {variant.name}, {backlog:,} ready files, first {sizes['scale_window']} jobs")
-        run = bench.scale_run(variant, backlog, sizes["scale_window"])
+        run = bench.scale_run(variant, backlog, sizes["scale_window"], tuple(sizes["scale_later"]))
         entry["runs"].append(run)
         if run.get("ok"):
             log(f"  first start after {run['first_start_s']} s, {run['jobs_per_s']} jobs/s, "
+                f"later {run.get('later_jobs_per_s', '—')} jobs/s, "
                 f"daemon {run['daemon_peak_rss_mb']} MB (backlog written in {run['write_s']} s)")
     return entry
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from spoold.paths import READY, SpoolPaths, is_job_name
 
-SCAN_CHUNK = 2000  # entries a rescan reads per pass of the loop; a backlog this small is ordered at once
+SCAN_CHUNK = 2000  # entries a rescan reads at once: a backlog this small is ordered before any job starts
+SCAN_STEP = 250  # entries read per pass of the loop after that (about 2 ms), so jobs keep flowing
 
 
 @dataclass
@@ -32,6 +33,7 @@ class _Scan:
     fresh: dict[str, _Folder]
     hinted: dict[tuple[str, str], int] = field(default_factory=dict)  # indexed by an event meanwhile
     taken: set[tuple[str, str]] = field(default_factory=set)  # popped meanwhile: the loop has them
+    shared: bool = False  # the index was empty: the scan fills it directly, nothing to swap or double
     priority: str | None = None
     entries: Iterator[os.DirEntry[str]] | None = None
     close: Callable[[], None] = lambda: None
@@ -86,11 +88,14 @@ class ReadyIndex:
         goes on (in the order found until it ends); when it ends, the scan's view replaces the index,
         which drops files that left without an event.
         """
-        self.scan = _Scan(iter(READY), {priority: _Folder() for priority in READY})
-        while not self.rescan_step() and whole:
+        if not any(folder.members for folder in self.folders.values()):
+            self.scan = _Scan(iter(READY), self.folders, shared=True)
+        else:
+            self.scan = _Scan(iter(READY), {priority: _Folder() for priority in READY})
+        while not self.rescan_step(SCAN_CHUNK) and whole:
             pass
 
-    def rescan_step(self, budget: int = SCAN_CHUNK) -> bool:
+    def rescan_step(self, budget: int = SCAN_STEP) -> bool:
         """Read up to `budget` more entries of the scan under way; True once it has ended (or none runs)."""
         scan = self.scan
         if scan is None:
@@ -119,6 +124,9 @@ class ReadyIndex:
 
     def _swap_in(self, scan: _Scan) -> None:
         """The scan has ended: its view, plus what events added meanwhile, minus what was popped."""
+        self.scan = None
+        if scan.shared:
+            return
         for (priority, name), entered_ns in scan.hinted.items():
             fresh = scan.fresh[priority]
             if name in self.folders[priority].members and name not in fresh.members:
@@ -130,7 +138,6 @@ class ReadyIndex:
             folder.heap = [(ns, name) for ns, name in folder.heap if name in folder.members]
             heapq.heapify(folder.heap)
         self.folders = scan.fresh
-        self.scan = None
 
     def _scanned(self, scan: _Scan, entry: os.DirEntry[str]) -> None:
         assert scan.priority is not None
@@ -144,7 +151,7 @@ class ReadyIndex:
         if stat.S_ISDIR(info.st_mode):
             return
         fresh = scan.fresh[scan.priority]
-        if entry.name not in fresh.members:
+        if not scan.shared and entry.name not in fresh.members:
             fresh.members.add(entry.name)
             fresh.heap.append((info.st_ctime_ns, entry.name))
         live = self.folders[scan.priority]
