@@ -88,6 +88,8 @@ class ReadyIndex:
         goes on (in the order found until it ends); when it ends, the scan's view replaces the index,
         which drops files that left without an event.
         """
+        if self.scan is not None:
+            self.scan.close()  # started over (a folder was replaced): let go of the old listing now
         if not any(folder.members for folder in self.folders.values()):
             self.scan = _Scan(iter(READY), self.folders, shared=True)
         else:

@@ -80,3 +80,23 @@ def test_when_the_fork_server_is_killed_its_jobs_grandchildren_die_too(project: 
     wait_for(lambda: process_gone(grandchild), 5, "the grandchild died with the job's group")
     wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed")
     assert project.stop(daemon)[0] == 0
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def test_a_spare_child_killed_while_it_waits_is_replaced_and_no_job_notices(project: Project) -> None:
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "first job done")
+    server = project.doc("done", first)["result"]["ppid"]
+    wait_for(lambda: len(_children(server)) == 1, 5, "the fork server holds one spare, waiting")
+    (spare,) = _children(server)
+    os.kill(spare, 9)
+    wait_for(lambda: process_gone(spare), 5, "spare gone")
+    after = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", after), 10, "the next job runs in a fresh child")
+    assert project.doc("done", after)["result"]["pid"] != spare
+    assert project.events(after) == ["started", "success"]
+    assert project.stop(daemon)[0] == 0
