@@ -367,11 +367,8 @@ class Daemon:
             if isinstance(done.error, LostClaim):
                 log.warning("%s", done.error)
             elif done.error is not None or done.target is None:
-                log.error("job=%s cannot write the spool (%s); retrying in %gs", item.job.id, done.error,
-                          SPOOL_RETRY_SECONDS)
                 self.hold_claims_until = now + SPOOL_RETRY_SECONDS  # no new work while results cannot be kept
-                self.pending.append(PendingCommit(item.job, item.claimed, item.settled, item.duration_ms,
-                                                  now + SPOOL_RETRY_SECONDS))
+                self.retry_later(item.job, item.claimed, item.settled, item.duration_ms, now, done.error)
             else:
                 self.written(item.job, done.target, item.settled, item.duration_ms, now)
 
@@ -388,10 +385,14 @@ class Daemon:
             log.warning("%s", e)
             return
         except OSError as e:
-            log.error("job=%s cannot write the spool (%s); retrying in %gs", job.id, e, SPOOL_RETRY_SECONDS)
-            self.pending.append(PendingCommit(job, path, settled, duration_ms, now + SPOOL_RETRY_SECONDS))
+            self.retry_later(job, path, settled, duration_ms, now, e)
             return
         self.written(job, target, settled, duration_ms, now)
+
+    def retry_later(self, job: Job, path: Path, settled: Settled, duration_ms: int | None, now: float,
+                    error: Exception | None) -> None:
+        log.error("job=%s cannot write the spool (%s); retrying in %gs", job.id, error, SPOOL_RETRY_SECONDS)
+        self.pending.append(PendingCommit(job, path, settled, duration_ms, now + SPOOL_RETRY_SECONDS))
 
     def written(self, job: Job, target: Path, settled: Settled, duration_ms: int | None, now: float) -> None:
         """After a commit: note a scheduled job's due time, and log the outcome."""
