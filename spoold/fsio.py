@@ -8,6 +8,7 @@ import logging
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -119,12 +120,44 @@ def remove_source(src: Path, dst: Path) -> bool:
 
 def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True) -> None:
     """Write `data` as the new file `dst`: staged in tmp/, fsynced, then moved in without replacing."""
-    staged = write_tmp(tmp_dir, data, durable=durable)
-    try:
-        move_no_replace(staged, dst, durable=durable)
-    except BaseException:
-        staged.unlink(missing_ok=True)
-        raise
+    (error,) = publish_many(tmp_dir, [(data, dst)], durable=durable)
+    if error is not None:
+        raise error
+
+
+def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable: bool = True) -> list[OSError | None]:
+    """publish() for files written together (group commit): each is staged and fsynced, all are linked
+    in, each target folder is fsynced once (a failed fsync undoes its links), then the staged copies go.
+    Per file: None once it is durable in place, or the error that left it out (NameTaken: name taken)."""
+    results: list[OSError | None] = [None] * len(files)
+    linked: list[tuple[int, Path, Path]] = []  # (index, staged, dst)
+    for index, (data, dst) in enumerate(files):
+        staged: Path | None = None
+        try:
+            staged = write_tmp(tmp_dir, data, durable=durable)
+            if os.name == "posix" and link_no_replace(staged, dst):
+                linked.append((index, staged, dst))
+            else:  # Windows, or a filesystem without hard links: one move at a time
+                move_no_replace(staged, dst, durable=durable)
+        except BaseException as e:
+            if staged is not None:
+                staged.unlink(missing_ok=True)
+            if not isinstance(e, OSError):
+                raise
+            results[index] = e
+    for folder in {dst.parent for _, _, dst in linked} if durable else ():
+        try:
+            fsync_dir(folder)
+        except OSError as e:  # not durable: undo these links, so each is redone from its source (notes R4)
+            for index, staged, dst in [item for item in linked if item[2].parent == folder]:
+                with contextlib.suppress(OSError):
+                    os.unlink(dst)
+                staged.unlink(missing_ok=True)
+                results[index] = e
+            linked = [item for item in linked if item[2].parent != folder]
+    for _, staged, dst in linked:
+        remove_source(staged, dst)  # a tmp/ copy left behind is reaped later
+    return results
 
 
 def read_bounded(path: Path, limit: int) -> bytes:

@@ -6,14 +6,13 @@ the old copy removed. A crash in between leaves a duplicate that recovery resolv
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spoold.fsio import NameTaken, fsync_dir, link_no_replace, move_no_replace, publish, remove_source, write_tmp
+from spoold.fsio import NameTaken, move_no_replace, publish, publish_many
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
 
@@ -88,49 +87,30 @@ class Mover:
                 self.stale.append(claimed)
 
     def commit_many(self, items: Sequence[tuple[Job, Path, str]]) -> list[Path | Exception]:
-        """commit() for jobs that finished together (group commit): each new version is staged and
-        fsynced, all are linked in, each target folder is fsynced once, and only then are the claimed
-        copies removed. Per job: its target, or the OSError / LostClaim that left it uncommitted."""
+        """commit() for jobs that finished together (group commit, fsio.publish_many): the claimed
+        copies are removed only once every new version is durable in its folder. Per job: its
+        target, or the OSError / LostClaim that left it uncommitted."""
         results: list[Path | Exception] = []
-        linked: list[tuple[int, Path, Path]] = []  # (index, staged, target)
-        for index, (job, claimed, folder) in enumerate(items):
-            results.append(LostClaim(f"job={job.id} not committed"))
-            try:
-                if os.name != "posix":  # no hard links to group: one move at a time
-                    results[index] = self.commit(job, claimed, folder)
-                    continue
-                if not os.path.lexists(claimed):
-                    raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
-                staged = write_tmp(self.paths.tmp, dump_job(job), durable=self.durable)
-                target = self.paths.job_file(folder, job.id)
-                try:
-                    if link_no_replace(staged, target):
-                        linked.append((index, staged, target))
-                        continue
-                except NameTaken:
-                    pass
-                except OSError:
-                    staged.unlink(missing_ok=True)
-                    raise
-                staged.unlink(missing_ok=True)  # a taken name, or no hard links here: the one-job path
-                results[index] = self.commit(job, claimed, folder)
-            except (OSError, LostClaim) as e:
-                results[index] = e
-        for folder_path in {target.parent for _, _, target in linked} if self.durable else ():
-            try:
-                fsync_dir(folder_path)
-            except OSError as e:  # not durable: undo these links, so the jobs are committed again later
-                for index, staged, target in [x for x in linked if x[2].parent == folder_path]:
-                    with contextlib.suppress(OSError):
-                        os.unlink(target)
-                    staged.unlink(missing_ok=True)
-                    results[index] = e
-                linked = [x for x in linked if x[2].parent != folder_path]
-        for index, staged, target in linked:
+        present: list[int] = []
+        for index, (job, claimed, _) in enumerate(items):
+            results.append(LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back"))
+            if os.path.lexists(claimed):
+                present.append(index)
+        targets = {index: self.paths.job_file(items[index][2], items[index][0].id) for index in present}
+        errors = publish_many(self.paths.tmp, [(dump_job(items[index][0]), targets[index]) for index in present],
+                              durable=self.durable)
+        for index, error in zip(present, errors, strict=True):
             job, claimed, folder = items[index]
-            remove_source(staged, target)  # a tmp/ copy left behind is reaped later
-            self._drop_claim(job, claimed, folder)
-            results[index] = target
+            if isinstance(error, NameTaken):  # the one-job path gives it a fresh id
+                try:
+                    results[index] = self.commit(job, claimed, folder)
+                except (OSError, LostClaim) as e:
+                    results[index] = e
+            elif error is not None:
+                results[index] = error
+            else:
+                self._drop_claim(job, claimed, folder)
+                results[index] = targets[index]
         return results
 
     def write_back(self, claimed: Path, original: Path) -> None:
