@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from spoold.cli import run_job_main  # noqa: E402  (after the path set-up above)
+from spoold.commands.cli import run_job_main  # noqa: E402  (after the path set-up above)
 
 if __name__ == "__main__":
     raise SystemExit(run_job_main())

@@ -94,7 +94,7 @@ def summarize_spy(raw: Path, top: int = 8) -> list[str]:
         if len(parts) < 3 or IDLE.search(parts[-1]):
             continue
         labels = [p for p in parts if p.startswith(("process ", "thread ("))]
-        process = "fork server" if any("spoold.forkserver" in p for p in labels) else "daemon"
+        process = "fork server" if any("spoold.execution.forkserver" in p for p in labels) else "daemon"
         thread = next((re.sub(r"^thread \(\d+\):? ?", "", p) for p in labels if p.startswith("thread (")), "")
         thread = "watchdog" if re.fullmatch(r"Thread-\d+", thread) else thread or "main thread, starting"
         parts = parts[len(labels):]

@@ -76,10 +76,10 @@ def rss_kib(pid: int) -> int:
 
 
 def fork_server_of(pid: int) -> int | None:
-    """The daemon's fork server (`python -m spoold.forkserver`, start_method auto/forkserver), if any."""
+    """The daemon's fork server (`python -m spoold.execution.forkserver`, start_method auto/forkserver), if any."""
     for child in sorted(child_pids(pid)):
         with contextlib.suppress(OSError):
-            if b"spoold.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"spoold.execution.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
                 return child
     return None
 

@@ -1,5 +1,5 @@
 """`python -m spoold` is the `spoold` command."""
 
-from spoold.cli import main
+from spoold.commands.cli import main
 
 raise SystemExit(main())

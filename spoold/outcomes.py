@@ -5,12 +5,26 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from spoold.config import Config
 from spoold.job import Job, JobStatus
 from spoold.retry import Fail, next_step
-from spoold.runner import Outcome
+
+OutcomeStatus = Literal["success", "failure", "interrupted", "cancelled"]
+
+
+@dataclass
+class Outcome:
+    """How a run ended, as the daemon records it in the job's history."""
+
+    status: OutcomeStatus
+    result: Any = None
+    error: dict[str, str] | None = None
+    error_mro: tuple[str, ...] = ()
+    output: str = ""
+    returncode: int | None = None
+    duration_ms: int = 0
 
 
 @dataclass(frozen=True)

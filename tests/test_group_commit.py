@@ -11,7 +11,7 @@ import pytest
 
 from spoold.job import Job
 from spoold.paths import SpoolPaths
-from spoold.transitions import LostClaim, Mover
+from spoold.spool.moves import LostClaim, Mover
 
 
 def claimed_jobs(paths: SpoolPaths, ids: list[str]) -> list[tuple[Job, Path, str]]:

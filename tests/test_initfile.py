@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from spoold.commands.initfile import COMMENTS, allow, render_default_config, write_default_config
 from spoold.config import SCALARS, TABLES, Config, load_config, parse_config
 from spoold.errors import ConfigError
-from spoold.initfile import COMMENTS, allow, render_default_config, write_default_config
 
 # A file as a person leaves it: comments everywhere, its own order, tables before and after.
 HAND_WRITTEN = """\

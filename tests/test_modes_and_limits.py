@@ -6,7 +6,7 @@ import time
 
 from conftest import Project, process_gone, wait_for
 
-from spoold.node import scratch_folder
+from spoold.spool.node import scratch_folder
 
 
 def test_fast_durability_runs_jobs_the_same_way(project: Project) -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import Project
 
-from spoold.index import SCAN_CHUNK, ReadyIndex
 from spoold.paths import SpoolPaths
+from spoold.spool.ready_index import SCAN_CHUNK, ReadyIndex
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ def test_by_default_a_job_is_forked_from_the_warm_fork_server(project: Project) 
     wait_for(lambda: project.has("done", job_id), 10, "done")
     result = project.doc("done", job_id)["result"]
     assert result["ppid"] != daemon.pid
-    assert "spoold.forkserver" in _parent_name(result["ppid"])
+    assert "spoold.execution.forkserver" in _parent_name(result["ppid"])
     assert project.doc("done", job_id)["history"][0]["pid"] == result["pid"]
     project.stop(daemon)
     wait_for(lambda: process_gone(result["ppid"]), 5, "the fork server ends with the daemon")
@@ -56,7 +56,7 @@ def test_a_killed_fork_server_ends_its_jobs_as_crashed_and_a_new_one_takes_over(
     wait_for(marker.exists, 10, "running")
     child = int(marker.read_text())
     server = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert "spoold.forkserver" in _parent_name(server)
+    assert "spoold.execution.forkserver" in _parent_name(server)
     os.kill(server, 9)
     wait_for(lambda: process_gone(child), 5, "the job's child died with its server")
     wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed (retry_attempts = 0)")
@@ -75,7 +75,7 @@ def test_when_the_fork_server_is_killed_its_jobs_grandchildren_die_too(project: 
     grandchild = int(pid_file.read_text())
     server = int(Path(f"/proc/{grandchild}/stat").read_text().rsplit(")", 1)[1].split()[1])  # the job's child
     server = int(Path(f"/proc/{server}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert "spoold.forkserver" in _parent_name(server)
+    assert "spoold.execution.forkserver" in _parent_name(server)
     os.kill(server, 9)
     wait_for(lambda: process_gone(grandchild), 5, "the grandchild died with the job's group")
     wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed")

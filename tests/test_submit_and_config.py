@@ -152,7 +152,7 @@ def test_submitting_imports_neither_the_jobs_code_nor_watchdog(project: Project,
     call = {
         "api": f"from spoold import run_background_job; run_background_job('Echo', 'handle', ['a'], "
                f"config={str(project.config)!r})",
-        "cli": f"from spoold.cli import main; assert main(['submit', 'Echo', 'handle', 'a', "
+        "cli": f"from spoold.commands.cli import main; assert main(['submit', 'Echo', 'handle', 'a', "
                f"'--config', {str(project.config)!r}]) == 0",
     }[front_door]
     code = ("import sys\n" + call + "\n"

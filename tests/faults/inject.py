@@ -89,7 +89,7 @@ def main() -> int:
     injector.install()
     atexit.register(lambda: Path(counts_file).write_text(str(injector.calls)))
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-    from spoold.cli import main as spoold_main
+    from spoold.commands.cli import main as spoold_main
 
     return spoold_main(args)
 

@@ -119,7 +119,7 @@ class KillParent:
 
     def handle(self) -> None:
         parent = os.getppid()
-        if b"spoold.forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes():
+        if b"spoold.execution.forkserver" in Path(f"/proc/{parent}/cmdline").read_bytes():
             parent = int(Path(f"/proc/{parent}/stat").read_text().rsplit(")", 1)[1].split()[1])
         os.kill(parent, signal.SIGKILL)
         time.sleep(5)

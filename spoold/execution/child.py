@@ -1,6 +1,6 @@
 """Runs inside the job's child process: resolve the allowed class, call the method, report the outcome.
 
-Forked from the fork server with the spec in its request, or started as `python -m spoold.child
+Forked from the fork server with the spec in its request, or started as `python -m spoold.execution.child
 SPEC.json` (spawn), with the config's folder as its working directory. It never opens the spool: the
 job arrives as a copy, the outcome leaves as a file the daemon reads once the child has exited.
 """
@@ -19,6 +19,7 @@ from typing import Any, cast
 
 from spoold.allowlist import JobNotFound, check_allowed, resolve_class
 from spoold.errors import JobRejected
+from spoold.execution.protocol import write_all
 
 
 def report(path: Path, outcome: dict[str, Any]) -> None:
@@ -27,9 +28,7 @@ def report(path: Path, outcome: dict[str, Any]) -> None:
     data = json.dumps(outcome).encode("utf-8")
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_BINARY", 0), 0o644)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
+        write_all(fd, data)
     finally:
         os.close(fd)
 

@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded
 from spoold.job import decode_document
-from spoold.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, is_job_name, is_valid_id
+from spoold.spool.fsio import read_bounded
+from spoold.spool.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 
 LIST_FOLDERS = (*READY, "scheduled", "running", "done", "failed", "rejected")
 # running/ holds one folder per node; done/ and failed/ may hold day shards (SPEC §2).

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from spoold.job import Job
 from spoold.outcomes import Settled
-from spoold.transitions import Mover
+from spoold.spool.moves import Mover
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from spoold.views import Shown
+from spoold.spool.views import Shown
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TEXT_WIDTH = 70

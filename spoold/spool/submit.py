@@ -16,9 +16,9 @@ from typing import Any
 from spoold.allowlist import check_allowed
 from spoold.config import Config, find_config, load_config
 from spoold.errors import JobRejected, SpoolWriteError, SubmitError
-from spoold.fsio import publish
 from spoold.job import PRIORITIES, Job, JobStatus, dump_job, validate_document
 from spoold.paths import SpoolPaths, new_job_id
+from spoold.spool.fsio import publish
 
 
 def parse_cli_params(text: str | None) -> list[Any] | dict[str, Any]:

@@ -11,16 +11,17 @@ import threading
 import time
 from pathlib import Path
 
-from spoold.chain import hand_on_chain
 from spoold.config import Config
+from spoold.execution.process import ChildProcess, start_child
+from spoold.execution.spawn import SpawnLauncher
 from spoold.job import Job
 from spoold.logs import EventLog
-from spoold.node import NOW_KIND, cancel_marker, cancel_requests, open_node, scratch_folder
-from spoold.outcomes import begin_run, ready_folder, settle_run
+from spoold.outcomes import Outcome, begin_run, ready_folder, settle_run
 from spoold.paths import JOB_SUFFIX, SpoolPaths
-from spoold.runner import ChildProcess, Outcome, SpawnLauncher, start_child
-from spoold.schedule import due_time
-from spoold.transitions import Mover
+from spoold.spool.chain import hand_on_chain
+from spoold.spool.moves import Mover
+from spoold.spool.node import NOW_KIND, cancel_marker, cancel_requests, open_node, scratch_folder
+from spoold.spool.scheduled import due_time
 
 CANCEL_POLL_SECONDS = 0.2
 

@@ -15,23 +15,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from types import FrameType
 
-from spoold.chain import hand_on_chain
-from spoold.committer import Committer, Finished
 from spoold.config import Config, load_config
+from spoold.daemon.committer import Committer, Finished
+from spoold.daemon.recovery import recover_dead
+from spoold.daemon.watcher import Waker, Watcher
 from spoold.errors import ConfigError
-from spoold.index import ReadyIndex
-from spoold.intake import Claim, Deferred, Intake
+from spoold.execution.launchers import make_launcher
+from spoold.execution.process import ChildProcess, Launcher, start_child
 from spoold.job import Job, JobStatus
 from spoold.logs import EventLog
-from spoold.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
-from spoold.outcomes import Settled, begin_run, iso, ready_folder, settle_run
+from spoold.outcomes import Outcome, Settled, begin_run, iso, ready_folder, settle_run
 from spoold.paths import READY, SpoolPaths
-from spoold.recovery import recover_dead
-from spoold.retention import apply_retention
-from spoold.runner import ChildProcess, Launcher, Outcome, make_launcher, start_child
-from spoold.schedule import ScheduledIndex, due_time
-from spoold.transitions import LostClaim, Mover
-from spoold.watcher import Waker, Watcher
+from spoold.spool.chain import hand_on_chain
+from spoold.spool.intake import Claim, Deferred, Intake
+from spoold.spool.moves import LostClaim, Mover
+from spoold.spool.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
+from spoold.spool.ready_index import ReadyIndex
+from spoold.spool.retention import apply_retention
+from spoold.spool.scheduled import ScheduledIndex, due_time
 
 log = logging.getLogger(__name__)
 SPOOL_RETRY_SECONDS = 1.0

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded
 from spoold.job import decode_document, parse_time
 from spoold.paths import is_job_name
+from spoold.spool.fsio import read_bounded
 
 
 def due_time(doc: dict[str, Any], fallback: float) -> float:

@@ -18,14 +18,14 @@ from types import TracebackType
 
 from spoold.config import Config
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded
 from spoold.job import Job, JobStatus, decode_document, validate_document
 from spoold.logs import EventLog
-from spoold.node import OPERATOR_KIND, Node, cancel_marker, is_alive, open_node
 from spoold.outcomes import iso, ready_folder
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, is_valid_id
-from spoold.transitions import Mover
-from spoold.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
+from spoold.spool.fsio import read_bounded
+from spoold.spool.moves import Mover
+from spoold.spool.node import OPERATOR_KIND, Node, cancel_marker, is_alive, open_node
+from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
 
 CANCEL_POLL_SECONDS = 0.05
 CANCELLED_MESSAGE = "cancelled by spoold cancel"

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spoold.fsio import NameTaken, move_no_replace, publish, publish_many
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
+from spoold.spool.fsio import NameTaken, move_no_replace, publish, publish_many
 
 log = logging.getLogger(__name__)
 TAKEN_CHECK = (*READY, "scheduled", "done", "failed", "rejected")

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 from spoold.config import Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE
 from spoold.paths import JOB_FOLDERS as FOLDERS
-from spoold.retention import PURGEABLE
+from spoold.spool.retention import PURGEABLE
 
 if TYPE_CHECKING:
-    from spoold.ops import Acted
+    from spoold.spool.ops import Acted
 
 EXIT_NOT_ACTED = EXIT_JOB_FAILED  # retry/cancel/show: an id could not be acted on
 DEFAULT_LIMIT = 50
@@ -41,9 +41,9 @@ def _fail(code: int, message: str) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from spoold.commands.render import render_status
     from spoold.paths import SpoolPaths
-    from spoold.render import render_status
-    from spoold.views import spool_status
+    from spoold.spool.views import spool_status
 
     status = spool_status(SpoolPaths(_config(args).spool_dir), time.time())
     if args.json:
@@ -54,9 +54,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from spoold.commands.render import render_list
     from spoold.paths import SpoolPaths
-    from spoold.render import render_list
-    from spoold.views import list_jobs
+    from spoold.spool.views import list_jobs
 
     rows = list_jobs(SpoolPaths(_config(args).spool_dir), args.folder, limit=args.limit, class_name=args.class_name)
     if args.json:
@@ -67,9 +67,9 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from spoold.commands.render import render_show
     from spoold.paths import SpoolPaths
-    from spoold.render import render_show
-    from spoold.views import show_job
+    from spoold.spool.views import show_job
 
     paths = SpoolPaths(_config(args).spool_dir)
     shown = show_job(paths, args.id)
@@ -97,7 +97,7 @@ def report(results: Sequence[Acted]) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    from spoold.ops import Operator
+    from spoold.spool.ops import Operator
 
     if not args.ids and not args.all_failed:
         return _fail(EXIT_USAGE, "retry: give job ids or --all-failed")
@@ -111,7 +111,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from spoold.ops import Operator
+    from spoold.spool.ops import Operator
 
     with Operator(_config(args)) as operator:
         return report([operator.cancel(job_id, timeout=args.timeout) for job_id in args.ids])
@@ -119,7 +119,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 def cmd_purge(args: argparse.Namespace) -> int:
     from spoold.paths import SpoolPaths
-    from spoold.retention import parse_duration, purge_folder
+    from spoold.spool.retention import parse_duration, purge_folder
 
     try:
         seconds = parse_duration(args.older_than)
@@ -131,8 +131,8 @@ def cmd_purge(args: argparse.Namespace) -> int:
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    from spoold.ops import stop_daemons, wait_stopped
     from spoold.paths import SpoolPaths
+    from spoold.spool.ops import stop_daemons, wait_stopped
 
     stopped = stop_daemons(SpoolPaths(_config(args).spool_dir))
     for daemon in stopped.signalled:

@@ -1,6 +1,6 @@
 """A job's child process: started in its own process group, waited on by a thread, killed past its limit.
 
-A fresh interpreter per job (`python -m spoold.child`) is portable and never inherits the daemon's lock,
+A fresh interpreter per job (`python -m spoold.execution.child`) is portable and never inherits the daemon's lock,
 threads or open spool files (notes L5). Killing the whole group takes grandchildren too (notes S5).
 """
 
@@ -11,35 +11,20 @@ import json
 import logging
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from spoold.config import Config
 from spoold.job import Job
+from spoold.outcomes import Outcome
 
 log = logging.getLogger(__name__)
 
 OUTPUT_TAIL_BYTES = 4096
-OutcomeStatus = Literal["success", "failure", "interrupted", "cancelled"]
-
-
-@dataclass
-class Outcome:
-    """How a run ended, as the daemon records it in the job's history."""
-
-    status: OutcomeStatus
-    result: Any = None
-    error: dict[str, str] | None = None
-    error_mro: tuple[str, ...] = ()
-    output: str = ""
-    returncode: int | None = None
-    duration_ms: int = 0
 
 
 def _error(kind: str, message: str) -> dict[str, str]:
@@ -154,12 +139,6 @@ def _tail(path: Path) -> str:
         os.close(fd)
 
 
-def kill_group(pid: int) -> None:
-    """SIGKILL a job's process group (its pid leads it: the child made its own session)."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGKILL)
-
-
 class Launcher(Protocol):
     """Starts a child for a written spec: a fresh interpreter (spawn) or a fork of a warm server."""
 
@@ -169,62 +148,6 @@ class Launcher(Protocol):
     def warm_up(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-class SpawnLauncher:
-    """A fresh `python -m spoold.child` per job: portable, and nothing of the daemon is inherited."""
-
-    def __init__(self, config: Config) -> None:
-        self.root = config.root
-
-    def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
-               on_exit: Callable[[str], None]) -> None:
-        spec_path = child.scratch_file(".spec")
-        spec_path.write_text(json.dumps(spec), encoding="utf-8")
-        child.spec_written = True
-        with child.scratch_file(".out").open("wb") as out:
-            kwargs: dict[str, Any] = {"start_new_session": True} if os.name == "posix" else {
-                "creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
-            proc = subprocess.Popen([sys.executable, "-m", "spoold.child", str(spec_path)],
-                                    cwd=self.root, env=dict(os.environ, **env), stdin=subprocess.DEVNULL,
-                                    stdout=out, stderr=subprocess.STDOUT, close_fds=True, **kwargs)
-        child.pid = proc.pid
-        child.kill_group = (lambda: kill_group(proc.pid)) if os.name == "posix" else proc.kill
-        threading.Thread(target=_wait, args=(child, proc, on_exit), name=f"wait-{child.job.id}",
-                         daemon=True).start()
-
-    def warm_up(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _wait(child: ChildProcess, proc: subprocess.Popen[bytes], on_exit: Callable[[str], None]) -> None:
-    """Waiter thread: on POSIX, see the exit without reaping, kill leftover grandchildren, then reap."""
-    if os.name == "posix":
-        with contextlib.suppress(ChildProcessError):
-            os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
-        kill_group(proc.pid)  # the zombie leader keeps the group id from being reused meanwhile
-    child.returncode = proc.wait()
-    child.exited.set()
-    on_exit(child.job.id)
-
-
-def make_launcher(config: Config) -> Launcher:
-    """`start_method`: auto = the fork server where the platform can fork, else spawn.
-
-    `isolation = "worker"` runs inside the fork server, so it takes the fork server whatever the start
-    method, and falls back to a process per job (spawn) where the platform cannot fork.
-    """
-    can_fork = hasattr(os, "fork")
-    if not can_fork or (config.start_method == "spawn" and config.isolation == "process"):
-        if config.isolation == "worker":
-            log.warning('isolation = "worker" needs fork: running a process per job instead')
-        return SpawnLauncher(config)
-    from spoold.warmstart import ForkServerLauncher
-
-    return ForkServerLauncher(config)
 
 
 def start_child(job: Job, config: Config, stem: Path, on_exit: Callable[[str], None], *,

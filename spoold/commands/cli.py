@@ -10,9 +10,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from spoold.commands.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
-from spoold.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.paths import JOB_SUFFIX, SpoolPaths
 
 WAIT_POLL_SECONDS = 0.05
@@ -87,14 +87,14 @@ def report(doc: dict[str, object], code: int) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from spoold.submit import build_job, parse_cli_params, submit
+    from spoold.spool.submit import build_job, parse_cli_params, submit
 
     config = load_config(find_config(args.config))
     params = parse_cli_params(args.params)
     if args.now:
         from datetime import UTC, datetime
 
-        from spoold.nowrun import run_now
+        from spoold.commands.nowrun import run_now
 
         job, _folder = build_job(config, args.class_name, args.method, params, priority=args.priority,
                                  delay=args.delay, chain=None, now=datetime.now(UTC))
@@ -110,7 +110,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from spoold.daemon import Daemon
+    from spoold.daemon.loop import Daemon
 
     config: Config = load_config(find_config(args.config))
     if args.workers is not None and args.workers < 1:
@@ -124,7 +124,7 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from spoold.initfile import write_default_config
+    from spoold.commands.initfile import write_default_config
 
     path = Path(args.config or CONFIG_NAME).absolute()
     write_default_config(path, force=args.force)
@@ -133,7 +133,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 
 def cmd_allow(args: argparse.Namespace) -> int:
-    from spoold.initfile import allow
+    from spoold.commands.initfile import allow
 
     path = find_config(args.config)
     methods = allow(path, args.class_name, args.methods)

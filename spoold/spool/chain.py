@@ -11,7 +11,7 @@ from typing import Any
 from spoold.config import Config
 from spoold.job import Job, JobStatus
 from spoold.outcomes import iso
-from spoold.transitions import Mover
+from spoold.spool.moves import Mover
 
 
 def step_id(root: str, number: int) -> str:

@@ -1,4 +1,4 @@
-"""The daemon's side of the fork server (spoold/forkserver.py): start it, ask it for children, hear back.
+"""The daemon's side of the fork server (execution/forkserver.py): start it, ask it for children, hear back.
 
 One reader thread turns the server's messages into the same events the spawn launcher produces: a
 pid when the child runs, a return code and `on_exit(job_id)` when it has ended. If the server dies,
@@ -18,7 +18,9 @@ from collections.abc import Callable
 from typing import IO, Any
 
 from spoold.config import Config
-from spoold.runner import ChildProcess, kill_group
+from spoold.execution.groups import kill_group
+from spoold.execution.process import ChildProcess
+from spoold.execution.protocol import encode, kill_request, start_request
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30.0
@@ -38,7 +40,7 @@ class ForkServerLauncher:
             return self.proc
         self.ready = threading.Event()
         # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
-        proc = subprocess.Popen([sys.executable, "-m", "spoold.forkserver", str(self.config.root),
+        proc = subprocess.Popen([sys.executable, "-m", "spoold.execution.forkserver", str(self.config.root),
                                  self.config.namespace, self.config.isolation, str(self.config.max_jobs_per_worker)],
                                 cwd=self.config.root, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
@@ -63,7 +65,7 @@ class ForkServerLauncher:
         proc = self._ensure_server()
         assert proc.stdin is not None
         try:
-            proc.stdin.write((json.dumps(message) + "\n").encode())
+            proc.stdin.write(encode(message))
             proc.stdin.flush()
         except (BrokenPipeError, ValueError) as e:
             raise OSError(f"the fork server is gone: {e}") from e
@@ -77,7 +79,7 @@ class ForkServerLauncher:
         with self.lock:
             self.waiting[job_id], self.exits[job_id] = child, on_exit
             try:
-                self._send({"id": job_id, "spec": spec, "out": str(child.scratch_file(".out")), "env": env})
+                self._send(start_request(job_id, spec, str(child.scratch_file(".out")), env))
             except OSError:
                 self._forget(job_id)
                 raise
@@ -85,7 +87,7 @@ class ForkServerLauncher:
     def _kill(self, job_id: str) -> None:
         with self.lock, contextlib.suppress(OSError):
             if self.proc is not None and self.proc.poll() is None:  # a dead server's children died with it
-                self._send({"kill": job_id})
+                self._send(kill_request(job_id))
 
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)

@@ -13,15 +13,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded
-from spoold.intake import Claim
 from spoold.job import Job, decode_document
-from spoold.node import OPERATOR_KIND, other_nodes, remove_dead_folder, try_lock_dead
 from spoold.outcomes import ready_folder, settle_orphan
 from spoold.paths import JOB_SUFFIX, id_from_name, is_job_name
+from spoold.spool.fsio import read_bounded
+from spoold.spool.intake import Claim
+from spoold.spool.node import OPERATOR_KIND, other_nodes, remove_dead_folder, try_lock_dead
 
 if TYPE_CHECKING:
-    from spoold.daemon import Daemon
+    from spoold.daemon.loop import Daemon
 
 log = logging.getLogger(__name__)
 

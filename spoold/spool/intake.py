@@ -17,12 +17,12 @@ from pathlib import Path
 from spoold.allowlist import check_allowed
 from spoold.config import Config
 from spoold.errors import JobRejected
-from spoold.fsio import read_bounded_stat
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
-from spoold.node import Node
 from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id
-from spoold.transitions import Mover
+from spoold.spool.fsio import read_bounded_stat
+from spoold.spool.moves import Mover
+from spoold.spool.node import Node
 
 log = logging.getLogger(__name__)
 

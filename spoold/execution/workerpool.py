@@ -20,7 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spoold.forkserver import Server, send, write_all
+from spoold.execution.child import report, run
+from spoold.execution.child_setup import become_job_child, redirect_output, take_request
+from spoold.execution.groups import kill_group
+from spoold.execution.protocol import WORKER_DONE, ended, send, started, write_all
+from spoold.execution.serverloop import Server
 
 
 @dataclass
@@ -33,43 +37,21 @@ class Worker:
     buffer: bytes = b""
 
 
-def _redirect(fd: int) -> None:
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-
-
-def _work(requests: int, replies: int, max_jobs: int, inherited: list[int]) -> None:
-    """In the forked worker: its own session, then one job per request line. Never returns."""
+def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], server: int) -> None:
+    """In the forked worker: become a job child, then run one job per request line. Never returns."""
     try:
-        os.setsid()
-        signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_DFL)
-        for fd in inherited:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-        devnull = os.open(os.devnull, os.O_RDWR)
-        os.dup2(devnull, 0)
-        _redirect(devnull)
-        from spoold.child import die_with_parent, report, run
-
-        die_with_parent()
+        devnull = become_job_child(server, inherited)
         lines = os.fdopen(requests, "rb")
         for _ in range(max_jobs):
             line = lines.readline()
             if not line:
                 break
             request = json.loads(line)
-            out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            _redirect(out)
-            os.close(out)
-            os.environ.update(request.get("env", {}))
+            take_request(request)
             spec = request["spec"]
             report(Path(spec["result_path"]), run(spec))
-            _redirect(devnull)
-            os.write(replies, b"done\n")
+            redirect_output(devnull)
+            os.write(replies, WORKER_DONE)
     finally:
         os._exit(0)
 
@@ -88,12 +70,13 @@ class WorkerServer(Server):
         to_read, to_write = os.pipe()
         from_read, from_write = os.pipe()
         sys.stdout.flush()
+        server = os.getpid()
         pid = os.fork()
         if pid == 0:
             inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write]
             for worker in self.workers.values():
                 inherited += [worker.to_worker, worker.from_worker]
-            _work(to_read, from_write, self.max_jobs, inherited)
+            _work(to_read, from_write, self.max_jobs, inherited, server)
         os.close(to_read)
         os.close(from_write)
         os.set_blocking(from_read, False)
@@ -107,13 +90,12 @@ class WorkerServer(Server):
         worker.job_id, worker.jobs = request["id"], worker.jobs + 1
         with contextlib.suppress(BrokenPipeError):  # it died a moment ago: reaping reports the job with it
             write_all(worker.to_worker, raw + b"\n")  # a large request may take more than one write
-        send({"id": request["id"], "pid": worker.pid})
+        send(started(request["id"], worker.pid))
 
     def kill(self, job_id: str) -> None:
         for worker in self.workers.values():
             if worker.job_id == job_id:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(worker.pid, signal.SIGKILL)
+                kill_group(worker.pid)
 
     def watched_fds(self) -> list[int]:
         return [*super().watched_fds(), *(w.from_worker for w in self.workers.values())]
@@ -124,7 +106,7 @@ class WorkerServer(Server):
         while b"\n" in worker.buffer:
             _, worker.buffer = worker.buffer.split(b"\n", 1)
             if worker.job_id is not None:
-                send({"id": worker.job_id, "returncode": 0})
+                send(ended(worker.job_id, 0))
                 worker.job_id = None
 
     def on_readable(self, readable: list[int]) -> None:
@@ -142,15 +124,13 @@ class WorkerServer(Server):
             if done == 0:
                 continue
             self._read_replies(worker)  # a "done" written just before it exited still counts
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)  # whatever its jobs left behind
+            kill_group(pid)  # whatever its jobs left behind
             for fd in (worker.to_worker, worker.from_worker):
                 os.close(fd)
             del self.workers[pid]
             if worker.job_id is not None:
-                send({"id": worker.job_id, "returncode": os.waitstatus_to_exitcode(status) or -signal.SIGKILL})
+                send(ended(worker.job_id, os.waitstatus_to_exitcode(status) or -signal.SIGKILL))
 
     def shutdown(self) -> None:
         for pid in self.workers:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
+            kill_group(pid)

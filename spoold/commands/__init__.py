@@ -1,0 +1,1 @@
+"""What a person or script types: the `spoold` and `run_job.py` commands and `--now`."""

@@ -1,0 +1,57 @@
+"""The fork server's protocol with the daemon, and its workers' with it: one JSON object per line.
+
+Daemon -> server (its stdin): `{"id", "spec", "out", "env"}` starts a job, `{"kill": ID}` SIGKILLs that
+job's process group if it has not been reaped yet (so a freed pid is never signalled). Server -> daemon
+(its stdout): `{"ready": true}` once, then `{"id", "pid"}` when a child or worker runs the job and
+`{"id", "returncode"}` when it has ended (negative: the signal that killed it). A worker tells the
+server it finished a job with the line `done`. End of the server's stdin ends the server.
+
+Stdlib only, and small: the fork server and every job child it forks load this module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+READY: dict[str, Any] = {"ready": True}
+WORKER_DONE = b"done\n"
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of `data` is written: a pipe takes a large request in several writes."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def encode(message: dict[str, Any]) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+def start_request(job_id: str, spec: dict[str, Any], out: str, env: dict[str, str]) -> dict[str, Any]:
+    return {"id": job_id, "spec": spec, "out": out, "env": env}
+
+
+def kill_request(job_id: str) -> dict[str, Any]:
+    return {"kill": job_id}
+
+
+def started(job_id: str, pid: int) -> dict[str, Any]:
+    return {"id": job_id, "pid": pid}
+
+
+def ended(job_id: str, returncode: int) -> dict[str, Any]:
+    return {"id": job_id, "returncode": returncode}
+
+
+def send(message: dict[str, Any]) -> None:
+    """From the server to the daemon, on the server's stdout."""
+    write_all(1, encode(message))
+
+
+def split_lines(buffer: bytes, chunk: bytes) -> tuple[list[bytes], bytes]:
+    """The complete, non-blank lines of `buffer + chunk`, and the partial line left over."""
+    *lines, rest = (buffer + chunk).split(b"\n")
+    return [line for line in lines if line.strip()], rest

@@ -1,0 +1,118 @@
+"""`isolation = "process"` in the fork server: a fresh fork per job, one always forked ahead (the spare).
+
+The spare has made its session and waits on a pipe, so a job starts with one pipe write, and the fork
+for the next job happens while this one runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+from spoold.execution.child import execute
+from spoold.execution.child_setup import become_job_child, take_request
+from spoold.execution.groups import kill_group
+from spoold.execution.protocol import ended, send, started, write_all
+from spoold.execution.serverloop import Server
+
+NO_CHILD_EXIT = 70  # EX_SOFTWARE: the set-up failed, or no child would start; the job ends as Crashed
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _spare(requests: int, inherited: list[int], server: int) -> None:
+    """In a forked spare: become a job child, wait for one request and run it. Never returns."""
+    try:
+        os.close(become_job_child(server, inherited))
+        data = _read_all(requests)
+        if not data:
+            os._exit(0)  # the server let this spare go unused
+        request = json.loads(data)
+        take_request(request)
+        execute(request["spec"], watch_parent=False)
+    finally:
+        os._exit(NO_CHILD_EXIT)  # execute() exits itself; reaching here means the set-up failed
+
+
+@dataclass
+class Spare:
+    pid: int
+    requests: int  # the write end of its request pipe
+
+
+class SpareServer(Server):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spare: Spare | None = None
+
+    def prepare(self) -> None:
+        self.fork_spare()
+
+    def fork_spare(self) -> None:
+        read_end, write_end = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        server = os.getpid()
+        pid = os.fork()
+        if pid == 0:
+            _spare(read_end, [write_end, self.wakeup_read, self.wakeup_write], server)
+        os.close(read_end)
+        self.spare = Spare(pid, write_end)
+
+    def take_spare(self) -> Spare:
+        if self.spare is None:
+            self.fork_spare()
+        assert self.spare is not None
+        spare, self.spare = self.spare, None
+        return spare
+
+    def start(self, request: dict[str, Any], raw: bytes) -> None:
+        """Hand the request, as the daemon wrote it (`raw`), to the spare; then fork the next spare."""
+        for _ in range(2):
+            spare = self.take_spare()
+            try:
+                write_all(spare.requests, raw)
+            except BrokenPipeError:  # it died while it waited: reap it, and use a fresh one
+                self.forget_spare(spare)
+                continue
+            finally:
+                os.close(spare.requests)
+            self.children[spare.pid] = request["id"]
+            send(started(request["id"], spare.pid))
+            break
+        else:
+            send(ended(request["id"], NO_CHILD_EXIT))
+        self.fork_spare()
+
+    def forget_spare(self, spare: Spare) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(spare.pid, signal.SIGKILL)  # it may not lead its own group yet
+        kill_group(spare.pid)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(spare.pid, 0)
+
+    def reap(self) -> None:
+        if self.spare is not None:
+            try:
+                gone = os.waitpid(self.spare.pid, os.WNOHANG)[0] != 0
+            except ChildProcessError:
+                gone = True
+            if gone:  # killed from outside while it waited: the next job forks a new one
+                os.close(self.spare.requests)
+                self.spare = None
+        super().reap()
+
+    def shutdown(self) -> None:
+        if self.spare is not None:
+            self.forget_spare(self.spare)
+        super().shutdown()
