@@ -1,5 +1,5 @@
 # make run: set up .venv if needed and run the daemon on ./bgjobs.toml and ./spool.
-# make test: the same set-up, then the whole suite, ruff and mypy.
+# make test: the same set-up, then ruff, mypy, the import layers (lint-imports) and the whole suite.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -21,10 +21,12 @@ run: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -m 'not soak' -n 2
 
 clean:

@@ -226,10 +226,9 @@ def write_backlog(config_path: Path, record: Path, count: int) -> str:
     tmp = spool / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     try:
-        from spoold.submit import build_job
-
         from spoold.config import load_config
         from spoold.job import dump_job
+        from spoold.spool.submit import build_job
 
         config = load_config(config_path)
 
@@ -239,7 +238,7 @@ def write_backlog(config_path: Path, record: Path, count: int) -> str:
             return job.id, folder, dump_job(job)
 
         document(0)
-        writer = "spoold.submit.build_job"
+        writer = "spoold.spool.submit.build_job"
     except Exception:
         def document(seq: int) -> tuple[str, str, bytes]:
             doc = {"class": "BenchJob", "method": "noop", "params": [seq, str(record)], "priority": "medium"}

@@ -7,12 +7,8 @@ import re
 from collections.abc import Mapping, Sequence
 from types import ModuleType
 
-from spoold.errors import JobRejected
+from spoold.errors import JobNotFound, JobRejected
 from spoold.job import NAME_PATTERN
-
-
-class JobNotFound(JobRejected):
-    """Raised when an allowed class or method does not exist in the job namespace."""
 
 
 def check_allowed(allowed_jobs: Mapping[str, Sequence[str]], class_name: str, method: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 
 # Exit codes of every command (SPEC §6).
@@ -34,3 +35,22 @@ class SubmitError(SpooldError, ValueError):
 
 class SpoolWriteError(SpooldError):
     """Raised when the spool cannot be written (disk full, permissions, I/O error)."""
+
+
+class JobNotFound(JobRejected):
+    """Raised in a job's child when an allowed class or method does not exist in the job namespace."""
+
+
+class NameTaken(SpooldError, FileExistsError):
+    """Raised when the destination name of a no-replace move is already taken (and only then)."""
+
+    def __init__(self, dst: Path) -> None:
+        super().__init__(errno.EEXIST, "name taken", str(dst))
+
+
+class LostClaim(SpooldError):
+    """Raised when our running/DAEMON/ copy of a job is gone: someone moved it; its result is not written back."""
+
+
+class NotAJob(SpooldError):
+    """Raised when a file an operator command took is not a valid job document; it was put back where it was."""

@@ -10,7 +10,10 @@ import re
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from spoold.job import Job
 
 log = logging.getLogger(__name__)
 
@@ -109,3 +112,8 @@ class EventLog:
             extra = (detail.rstrip("\n") + "\n") if detail else ""
             self._append(ERRORS_LOG, line + "\n" + extra)
         return line
+
+    def job_event(self, status: str, job: Job, *, detail: str | None = None, **fields: Any) -> str:
+        """The one way a job's event is written: its id, class, method and attempt, then `fields`."""
+        return self.event(status, job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts,
+                          detail=detail, **fields)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from spoold.config import Config
 from spoold.job import Job, JobStatus
+from spoold.paths import READY, Folder, Priority
 from spoold.retry import Fail, next_step
 
 OutcomeStatus = Literal["success", "failure", "interrupted", "cancelled"]
@@ -59,9 +60,19 @@ def _history(job: Job, outcome: str, *, node: str, pid: int | None, started: str
     job.doc.setdefault("history", []).append(entry)
 
 
-def ready_folder(job: Job, config: Config) -> str:
+def ready_folder(job: Job, config: Config) -> Priority:
+    """The job's own `priority` if it has one, else its class's ([job_priority], default medium)."""
     priority = job.doc.get("priority")
-    return priority if priority in ("high", "medium", "low") else config.priority_of(job.class_name)
+    return Priority(priority if priority in READY else config.priority_of(job.class_name))
+
+
+def make_ready(job: Job) -> None:
+    """A due job leaves its wait: no `run_at` any more, and ready. Its retry budget is kept; only a job
+    moved back by hand from scheduled/ or failed/ (its status still says so) gets a fresh one."""
+    job.doc.pop("run_at", None)
+    job.doc.pop("delay_seconds", None)
+    if job.doc.get("status") == JobStatus.SCHEDULED:
+        job.doc["status"] = JobStatus.READY.value
 
 
 def settle_failure(job: Job, config: Config, error: dict[str, str], error_mro: tuple[str, ...], now: float,
@@ -78,11 +89,11 @@ def settle_failure(job: Job, config: Config, error: dict[str, str], error_mro: t
     if isinstance(step, Fail):
         doc["status"] = JobStatus.FAILED.value
         doc.pop("run_at", None)
-        return Settled("failed", "failure", error["type"], detail)
+        return Settled(Folder.FAILED, "failure", error["type"], detail)
     if step.delay_seconds > 0:
         doc["status"] = JobStatus.SCHEDULED.value
         doc["run_at"] = (datetime.fromtimestamp(now, UTC) + timedelta(seconds=step.delay_seconds)).isoformat()
-        return Settled("scheduled", "retrying", error["type"], detail)
+        return Settled(Folder.SCHEDULED, "retrying", error["type"], detail)
     doc["status"] = JobStatus.READY.value
     return Settled(ready_folder(job, config), "retrying", error["type"], detail)
 
@@ -101,7 +112,7 @@ def settle_run(job: Job, outcome: Outcome, config: Config, *, node: str, pid: in
                  duration_ms=outcome.duration_ms, error_type=None)
         doc["result"] = outcome.result
         doc["status"] = JobStatus.DONE.value
-        return Settled("done", "success")
+        return Settled(Folder.DONE, "success")
     if outcome.status == "interrupted":
         _history(job, "interrupted", node=node, pid=pid, started=started, finished=now,
                  duration_ms=outcome.duration_ms, error_type=None)
@@ -113,7 +124,7 @@ def settle_run(job: Job, outcome: Outcome, config: Config, *, node: str, pid: in
                  duration_ms=outcome.duration_ms, error_type="Cancelled")
         doc["error"] = error
         doc["status"] = JobStatus.FAILED.value
-        return Settled("failed", "cancelled", "Cancelled")
+        return Settled(Folder.FAILED, "cancelled", "Cancelled")
     _history(job, "failure", node=node, pid=pid, started=started, finished=now,
              duration_ms=outcome.duration_ms, error_type=error["type"])
     return settle_failure(job, config, error, outcome.error_mro, now)

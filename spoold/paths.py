@@ -7,11 +7,38 @@ import re
 import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 
-READY = ("high", "medium", "low")
-JOB_FOLDERS = (*READY, "scheduled", "running", "done", "failed", "rejected")
-STATE_FOLDERS = ("tmp", *JOB_FOLDERS)
+
+class Priority(StrEnum):
+    """A ready folder's name, highest first; also a job's `priority` field."""
+
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+
+
+class Folder(StrEnum):
+    """The sub-folders of a spool (SPEC §2): each is a state of a job."""
+
+    TMP = "tmp"
+    HIGH = "high"
+    MEDIUM = "medium"
+    LOW = "low"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    REJECTED = "rejected"
+
+
+READY: tuple[Priority, ...] = tuple(Priority)
+JOB_FOLDERS: tuple[Folder, ...] = tuple(folder for folder in Folder if folder != Folder.TMP)
+STATE_FOLDERS: tuple[Folder, ...] = tuple(Folder)
+# Where a job that is not running can be: the folders a taken id is looked for in, in this order.
+RESTING_FOLDERS: tuple[Folder, ...] = (Folder.HIGH, Folder.MEDIUM, Folder.LOW, Folder.SCHEDULED, Folder.DONE,
+                                       Folder.FAILED, Folder.REJECTED)
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 JOB_SUFFIX = ".json"
 REASON_SUFFIX = ".reason"
@@ -51,27 +78,27 @@ class SpoolPaths:
 
     @property
     def tmp(self) -> Path:
-        return self.root / "tmp"
+        return self.root / Folder.TMP
 
     @property
     def scheduled(self) -> Path:
-        return self.root / "scheduled"
+        return self.root / Folder.SCHEDULED
 
     @property
     def running(self) -> Path:
-        return self.root / "running"
+        return self.root / Folder.RUNNING
 
     @property
     def done(self) -> Path:
-        return self.root / "done"
+        return self.root / Folder.DONE
 
     @property
     def failed(self) -> Path:
-        return self.root / "failed"
+        return self.root / Folder.FAILED
 
     @property
     def rejected(self) -> Path:
-        return self.root / "rejected"
+        return self.root / Folder.REJECTED
 
     def ready(self, priority: str) -> Path:
         return self.root / priority
@@ -101,7 +128,7 @@ class SpoolPaths:
         chain hand-off, and listing a large done/ would make that cost grow with the archive.
         """
         name = job_id + JOB_SUFFIX
-        for folder in (*READY, "scheduled", "done", "failed", "rejected"):
+        for folder in RESTING_FOLDERS:
             path = self.root / folder / name
             if path.exists():
                 return path

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from spoold.errors import LostClaim
 from spoold.job import Job
 from spoold.paths import SpoolPaths
-from spoold.spool.moves import LostClaim, Mover
+from spoold.spool.moves import Mover
 
 
 def claimed_jobs(paths: SpoolPaths, ids: list[str]) -> list[tuple[Job, Path, str]]:

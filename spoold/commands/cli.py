@@ -110,15 +110,15 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from spoold.daemon.loop import Daemon
+    from spoold.daemon.loop import Signals, open_daemon
 
     config: Config = load_config(find_config(args.config))
     if args.workers is not None and args.workers < 1:
         raise ConfigError(None, "--workers", f"expected an integer >= 1, got {args.workers}")
-    daemon = Daemon(config, drain=args.drain, workers=args.workers)
-    daemon.install_signals()
+    signals = Signals()
+    signals.install()
     try:
-        return daemon.run()
+        return open_daemon(config, drain=args.drain, workers=args.workers, signals=signals).run()
     except OSError as e:
         raise SpoolWriteError(f"cannot use the spool {config.spool_dir}: {e}") from e
 

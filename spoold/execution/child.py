@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from spoold.allowlist import JobNotFound, check_allowed, resolve_class
-from spoold.errors import JobRejected
+from spoold.allowlist import check_allowed, resolve_class
+from spoold.errors import JobNotFound, JobRejected
 from spoold.execution.protocol import write_all
 
 

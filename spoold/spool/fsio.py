@@ -11,6 +11,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from spoold.errors import NameTaken
+
 log = logging.getLogger(__name__)
 
 # link() is how POSIX gives a rename that never replaces; some filesystems (FAT, some FUSE) lack it.
@@ -53,13 +55,6 @@ def same_file(a: Path, b: Path) -> bool:
     except OSError:
         return False
     return (first.st_ino, first.st_dev) == (second.st_ino, second.st_dev)
-
-
-class NameTaken(FileExistsError):
-    """Raised when the destination name of a no-replace move is already taken (and only then)."""
-
-    def __init__(self, dst: Path) -> None:
-        super().__init__(errno.EEXIST, "name taken", str(dst))
 
 
 def link_no_replace(src: Path, dst: Path) -> bool:

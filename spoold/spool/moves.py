@@ -12,16 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from spoold.errors import LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
-from spoold.spool.fsio import NameTaken, move_no_replace, publish, publish_many
+from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, write_tmp
 
 log = logging.getLogger(__name__)
 TAKEN_CHECK = (*READY, "scheduled", "done", "failed", "rejected")
-
-
-class LostClaim(Exception):
-    """Raised when our running/DAEMON/ copy is gone: someone moved it; the result is not written back."""
 
 
 @dataclass
@@ -67,6 +64,17 @@ class Mover:
             target = self.paths.job_file(folder, job.id)
             publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
         return target
+
+    def rewrite_claim(self, job: Job, claimed: Path) -> None:
+        """A new version of our own claimed copy, in place (a `--now` run between two attempts): staged in
+        tmp/, fsynced, renamed over it. Only our node writes in its folder, under its lock, so the rename
+        replaces no one else's file; a crash leaves the old version or the new one, whole."""
+        if not os.path.lexists(claimed):
+            raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
+        staged = write_tmp(self.paths.tmp, dump_job(job), durable=self.durable)
+        os.replace(staged, claimed)
+        if self.durable:
+            fsync_dir(claimed.parent)
 
     def commit(self, job: Job, claimed: Path, folder: str) -> Path:
         """Write `job` to `folder`, then drop our claimed copy; LostClaim if the claim vanished first."""

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 from spoold.config import Config
-from spoold.errors import JobRejected
+from spoold.errors import JobRejected, NotAJob
 from spoold.job import Job, JobStatus, decode_document, validate_document
 from spoold.logs import EventLog
 from spoold.outcomes import iso, ready_folder
@@ -42,10 +42,6 @@ class Acted:
     ok: bool
     message: str
     spool_error: bool = False
-
-
-class NotAJob(Exception):
-    """Raised when a taken file is not a valid job document; it has been put back where it was."""
 
 
 class Operator:

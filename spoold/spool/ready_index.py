@@ -44,7 +44,7 @@ class ReadyIndex:
 
     def __init__(self, paths: SpoolPaths) -> None:
         self.paths = paths
-        self.folders = {priority: _Folder() for priority in READY}
+        self.folders: dict[str, _Folder] = {priority: _Folder() for priority in READY}
         self.deferred: dict[tuple[str, str], float] = {}
         self.scan: _Scan | None = None
 
@@ -93,7 +93,7 @@ class ReadyIndex:
         if not any(folder.members for folder in self.folders.values()):
             self.scan = _Scan(iter(READY), self.folders, shared=True)
         else:
-            self.scan = _Scan(iter(READY), {priority: _Folder() for priority in READY})
+            self.scan = _Scan(iter(READY), {str(priority): _Folder() for priority in READY})
         while not self.rescan_step(SCAN_CHUNK) and whole:
             pass
 
