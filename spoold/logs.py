@@ -117,3 +117,7 @@ class EventLog:
         """The one way a job's event is written: its id, class, method and attempt, then `fields`."""
         return self.event(status, job=job.id, class_=job.class_name, method=job.method, attempt=job.attempts,
                           detail=detail, **fields)
+
+    def rejected(self, job_id: str, reason: str) -> str:
+        """A file that is not a valid job: only its id is known, and the reason is also its detail."""
+        return self.event("rejected", job=job_id, detail=reason, reason=reason)

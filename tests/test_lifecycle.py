@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, process_gone, wait_for
+from conftest import REPO, Project, process_gone, wait_for
 
 
 def read_pid(path: Path) -> int:
@@ -267,6 +269,55 @@ def test_run_job_now_exits_1_and_files_a_failing_job_in_failed(project: Project)
     assert project.doc("failed", job_id)["error"]["type"] == "RuntimeError"
     assert project.events(job_id) == ["started", "failure"]
     assert project.daemon_folders() == []
+
+
+def test_run_job_now_with_a_retry_delay_spends_its_budget_and_keeps_every_run_in_its_history(project: Project) -> None:
+    # Before the daemon's run life cycle was shared, a delayed retry came back as "scheduled", which reset
+    # the budget: a job that always failed was retried without end, none of its runs on disk.
+    project.configure(retry_attempts=2, retry_delay_seconds=0.2)
+    failed = project.run_job("Raise", "handle", "--now", timeout=30)
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    job_id = failed.stdout.splitlines()[0]
+    doc = project.doc("failed", job_id)
+    assert doc["attempts"] == 3 and doc["failed_runs"] == 3
+    assert [h["outcome"] for h in doc["history"]] == ["failure"] * 3
+    assert [h["attempt"] for h in doc["history"]] == [1, 2, 3]
+    assert project.events(job_id) == ["started", "retrying", "started", "retrying", "started", "failure"]
+    assert project.daemon_folders() == []
+
+
+def test_run_job_now_between_attempts_keeps_its_running_copy_up_to_date(project: Project) -> None:
+    project.configure(retry_attempts=1, retry_delay_seconds=3)
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), "Raise", "handle", "--now",
+                             "--config", str(project.config)], cwd=project.root, env=project.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    project.procs.append(proc)
+    [claimed] = wait_for(lambda: [p for folder in project.daemon_folders() for p in folder.glob("*.json")
+                                  if json.loads(p.read_text()).get("history")], 10, "the first run on disk")
+    doc = json.loads(claimed.read_text())
+    assert doc["status"] == "scheduled" and doc["attempts"] == 1 and doc["history"][0]["outcome"] == "failure"
+    code, _ = project.stop(proc)
+    assert code == 128 + signal.SIGTERM
+    assert project.names("scheduled") == [claimed.name], "stopped while it waits: back to scheduled/ for a daemon"
+
+
+def test_sigterm_during_a_now_run_puts_the_job_back_in_its_ready_folder(project: Project, tmp_path: Path) -> None:
+    marker = tmp_path / "sleep.pid"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), "Sleep", "handle", f"30,{marker}", "--now",
+                             "--config", str(project.config)], cwd=project.root, env=project.env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    project.procs.append(proc)
+    wait_for(marker.exists, 15, "the job's child started")
+    child = int(marker.read_text())
+    code, out = project.stop(proc)
+    assert code == 128 + signal.SIGTERM, out
+    job_id = out.splitlines()[0]
+    assert project.names("medium") == [f"{job_id}.json"], "put back for a daemon, not left in running/now.*"
+    doc = project.doc("medium", job_id)
+    assert doc["status"] == "ready" and [h["outcome"] for h in doc["history"]] == ["interrupted"]
+    assert project.events(job_id) == ["started", "interrupted"]
+    assert project.daemon_folders() == []
+    wait_for(lambda: process_gone(child), 5, "the job's child is stopped")
 
 
 @pytest.mark.parametrize(("class_name", "method", "named"),

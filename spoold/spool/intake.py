@@ -115,7 +115,7 @@ class Intake:
 
     def reject(self, path: Path, reason: str, *, dropped_as: str | None = None) -> None:
         job_id, reason = self.mover.reject(path, reason, dropped_as=dropped_as)
-        self.events.event("rejected", job=job_id, detail=reason, reason=reason)
+        self.events.rejected(job_id, reason)
         log.info("job=%s rejected: %s", job_id, reason)
 
     def take(self, config: Config, folder: Path, name: str, now: float) -> Claim | Deferred | None:

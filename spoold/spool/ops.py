@@ -200,8 +200,7 @@ class Operator:
         if applied is None or isinstance(applied, Acted):
             return applied
         job, target = applied
-        self.events.event("cancelled", job=job.id, class_=job.class_name, method=job.method,
-                          attempt=job.doc.get("attempts", 0))
+        self.events.job_event("cancelled", job)
         return Acted(job.id, True, f"{self._where(path)} -> {self._where(target)}")
 
     def _mark(self, job_id: str, folder: Path) -> Acted | Path | None:
