@@ -1,0 +1,95 @@
+"""The seams the layout made: each part tested on its own, on a real spool, without a daemon around it."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import Project
+
+from spoold.config import Config, load_config
+from spoold.daemon.committer import Committer, Finished
+from spoold.daemon.recovery import Recovery
+from spoold.execution.protocol import encode, split_lines, start_request
+from spoold.job import Job
+from spoold.logs import EventLog
+from spoold.outcomes import Settled
+from spoold.paths import Folder, SpoolPaths
+from spoold.spool.intake import Intake
+from spoold.spool.moves import Mover
+from spoold.spool.node import Node, open_node
+
+
+@pytest.fixture
+def spool(project: Project) -> Iterator[tuple[Config, SpoolPaths, Node]]:
+    config = load_config(project.config)
+    paths = SpoolPaths(config.spool_dir)
+    paths.create()
+    node = open_node(paths, workers=1)
+    try:
+        yield config, paths, node
+    finally:
+        node.close()
+
+
+def _dead_daemon_with(paths: SpoolPaths, job_id: str, doc: dict[str, object]) -> Path:
+    """A daemon folder whose owner is gone: its lock file is there, and no process holds it."""
+    folder = paths.running / "deadhost-4242-abcdef"
+    folder.mkdir(parents=True)
+    (folder / ".lock").touch()
+    (folder / f"{job_id}.json").write_text(json.dumps(doc))
+    return folder
+
+
+def test_recovery_claims_a_dead_daemons_job_and_returns_its_orphaned_run_for_the_caller_to_write(
+        spool: tuple[Config, SpoolPaths, Node]) -> None:
+    config, paths, node = spool
+    mover = Mover(paths)
+    dead = _dead_daemon_with(paths, "orphan-1", {"class": "Echo", "params": ["x"], "attempts": 0,
+                                                     "retry_attempts": 1})
+    recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+
+    [orphan] = recovery.recover_dead(config, time.time())
+
+    assert orphan.dead_node == dead.name and orphan.job.id == "orphan-1"
+    assert orphan.claimed == node.folder / "orphan-1.json" and orphan.claimed.exists(), "claimed into our folder"
+    assert not dead.exists(), "the emptied dead folder is gone"
+    assert orphan.job.doc["history"][-1]["error_type"] == "Orphaned" and orphan.job.attempts == 1
+    assert orphan.settled.folder == Folder.MEDIUM and orphan.settled.log_status == ""
+    assert not (config.log_dir / "background_jobs.log").exists(), "recovery decides; the daemon logs"
+
+
+def test_the_committer_keeps_a_commit_the_spool_refused_and_writes_it_once_the_spool_takes_it(
+        spool: tuple[Config, SpoolPaths, Node]) -> None:
+    config, paths, node = spool
+    claimed = node.folder / "refused-1.json"
+    claimed.write_text(json.dumps({"class": "Echo"}))
+    written: list[Path] = []
+    committer = Committer(Mover(paths), lambda item, target: written.append(target), lambda: None)
+    os.rmdir(paths.done)  # the spool cannot take the result: a real failure of the real link()
+
+    now = time.time()
+    committer.finish(Finished(Job("refused-1", {"class": "Echo"}), claimed, Settled(Folder.DONE, "success"), 5, now),
+                     config)
+    assert written == [] and committer.busy and committer.refused_until > now, "held, and no new claims meanwhile"
+    committer.retry_due(now + 0.1, config)
+    assert written == [] and committer.busy, "not retried before its time"
+
+    paths.done.mkdir()
+    committer.retry_due(committer.refused_until, config)
+    assert written == [paths.done / "refused-1.json"] and not claimed.exists() and not committer.busy
+
+
+def test_a_large_request_survives_the_line_protocol_whole_however_it_is_cut() -> None:
+    request = start_request("big-1", {"params": ["x" * 200_000]}, "/tmp/out", {"SPOOLD_JOB_ID": "big-1"})
+    data = encode(request) + encode({"kill": "big-1"})
+    lines: list[bytes] = []
+    rest = b""
+    for start in range(0, len(data), 65536):
+        got, rest = split_lines(rest, data[start:start + 65536])
+        lines += got
+    assert rest == b"" and [json.loads(line) for line in lines] == [request, {"kill": "big-1"}]
