@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from spoold.errors import ConfigError
 from spoold.job import NAME_PATTERN, PRIORITIES
+from spoold.paths import Priority
 
 CONFIG_NAME = "bgjobs.toml"
 ENV_VAR = "BGJOBS_CONFIG"
@@ -66,7 +67,7 @@ class Config:
         return self.path.parent
 
     def priority_of(self, class_name: str) -> str:
-        return self.job_priority.get(class_name, "medium")
+        return self.job_priority.get(class_name, Priority.MEDIUM)
 
 
 # Converters: each takes the raw TOML value and returns the typed one, or raises ValueError("expected ...").

@@ -11,9 +11,10 @@ from enum import StrEnum
 from typing import Any
 
 from spoold.errors import JobRejected
+from spoold.paths import Priority
 
 MAX_DEPTH = 100
-PRIORITIES = ("high", "medium", "low")
+PRIORITIES: tuple[str, ...] = tuple(p.value for p in Priority)  # plain strings: they are quoted in messages
 NAME_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from spoold.commands.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
-from spoold.paths import JOB_SUFFIX, SpoolPaths
+from spoold.paths import JOB_SUFFIX, Folder, Priority, SpoolPaths
 
 WAIT_POLL_SECONDS = 0.05
 
@@ -28,7 +28,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("method", metavar="METHOD")
     parser.add_argument("params", metavar="PARAMS", nargs="?", default=None,
                         help='"a,b" (strings) or a JSON array/object')
-    parser.add_argument("--priority", choices=("high", "medium", "low"))
+    parser.add_argument("--priority", choices=[str(p) for p in Priority])
     parser.add_argument("--delay", type=float, metavar="S", help="do not start before S seconds from now")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="block until done (exit 0) or failed (exit 1)")
@@ -64,7 +64,7 @@ def wait_for(paths: SpoolPaths, job_id: str) -> int:
     """Block until the job is in done/ (print its result) or failed/ (exit 1)."""
     name = job_id + JOB_SUFFIX
     while True:
-        for folder, code in (("done", EXIT_OK), ("failed", EXIT_JOB_FAILED), ("rejected", EXIT_USAGE)):
+        for folder, code in ((Folder.DONE, EXIT_OK), (Folder.FAILED, EXIT_JOB_FAILED), (Folder.REJECTED, EXIT_USAGE)):
             path = paths.folder(folder) / name
             try:
                 doc = json.loads(path.read_text(encoding="utf-8"))

@@ -13,11 +13,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+from spoold.paths import Folder
 from spoold.spool.views import Shown
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 TEXT_WIDTH = 70
-LAST_COLUMN = {"scheduled": "RUN_AT", "running": "DAEMON", "rejected": "REASON"}
+LAST_COLUMN: dict[str, str] = {Folder.SCHEDULED: "RUN_AT", Folder.RUNNING: "DAEMON", Folder.REJECTED: "REASON"}
 
 
 def clean(value: object, width: int = 0) -> str:
@@ -84,11 +85,11 @@ def render_status(status: dict[str, Any]) -> str:
 
 
 def _last_cell(folder: str, row: dict[str, Any]) -> str:
-    if folder == "scheduled":
+    if folder == Folder.SCHEDULED:
         return local_time(row["run_at"]) if row["run_at"] else ""
-    if folder == "running":
+    if folder == Folder.RUNNING:
         return clean(row["daemon"])
-    if folder == "rejected":
+    if folder == Folder.REJECTED:
         return clean(row["reason"], TEXT_WIDTH)
     if row["error_type"] is None:
         return ""
@@ -118,7 +119,7 @@ def render_show(shown: Shown, *, terminal: bool = False) -> bytes:
     else:
         state = f"{shown.folder}/"
     lines = [f"job     {clean(shown.id)}", f"state   {state}", f"path    {clean(shown.path)}"]
-    raw = shown.folder == "rejected" or shown.document is None
+    raw = shown.folder == Folder.REJECTED or shown.document is None
     if raw:
         lines.append(f"reason  {clean(shown.reason)}")
     head = ("\n".join(lines) + "\n\n").encode("utf-8")

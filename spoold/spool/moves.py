@@ -14,11 +14,11 @@ from pathlib import Path
 
 from spoold.errors import LostClaim, NameTaken
 from spoold.job import Job, dump_job
-from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, new_job_id
+from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id
 from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, write_tmp
 
 log = logging.getLogger(__name__)
-TAKEN_CHECK = (*READY, "scheduled", "done", "failed", "rejected")
+TAKEN_CHECK = (*READY, Folder.SCHEDULED, Folder.DONE, Folder.FAILED, Folder.REJECTED)
 
 
 @dataclass
@@ -142,13 +142,13 @@ class Mover:
             reason = f"{reason} (dropped as {original!r})"
         for _ in range(3):
             try:
-                if not move_no_replace(source, self.paths.job_file("rejected", job_id), durable=self.durable):
+                if not move_no_replace(source, self.paths.job_file(Folder.REJECTED, job_id), durable=self.durable):
                     self.stale.append(source)
                 break
             except NameTaken:
                 job_id = new_job_id()
         else:
-            raise NameTaken(self.paths.job_file("rejected", job_id))
+            raise NameTaken(self.paths.job_file(Folder.REJECTED, job_id))
         reason = reason.replace("\n", " ").replace("\r", " ")
         publish(self.paths.tmp, (reason + "\n").encode("utf-8"), self.paths.reason_file(job_id), durable=self.durable)
         return job_id, reason

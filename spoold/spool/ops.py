@@ -21,7 +21,7 @@ from spoold.errors import JobRejected, NotAJob
 from spoold.job import Job, JobStatus, decode_document, validate_document
 from spoold.logs import EventLog
 from spoold.outcomes import iso, ready_folder
-from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, id_from_name, is_valid_id
+from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, is_valid_id
 from spoold.spool.fsio import read_bounded
 from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, Node, cancel_marker, is_alive, open_node
@@ -29,8 +29,8 @@ from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons
 
 CANCEL_POLL_SECONDS = 0.05
 CANCELLED_MESSAGE = "cancelled by spoold cancel"
-WAITING = (*READY, "scheduled")
-RETRYABLE = ("failed", "scheduled")
+WAITING = (*READY, Folder.SCHEDULED)
+RETRYABLE = (Folder.FAILED, Folder.SCHEDULED)
 TAKE_TRIES = 3
 
 
@@ -152,7 +152,7 @@ class Operator:
         job.doc["error"] = {"type": "Cancelled", "message": CANCELLED_MESSAGE, "traceback": ""}
         job.doc["finished_at"] = iso(time.time())
         job.doc.pop("run_at", None)
-        return "failed"
+        return Folder.FAILED
 
     def cancel(self, job_id: str, *, timeout: float) -> Acted:
         """A ready or scheduled job -> failed/ (Cancelled); a running one: ask its daemon, wait for failed/."""
@@ -181,9 +181,9 @@ class Operator:
         state, daemon = place_of(self.paths, path)
         if state in WAITING:
             return self._cancel_waiting(job_id, path)
-        if state == "running" and daemon is not None:
+        if state == Folder.RUNNING and daemon is not None:
             return self._mark(job_id, path.parent) if marker is None else None
-        if state == "failed" and marker is not None:
+        if state == Folder.FAILED and marker is not None:
             doc = read_document(path) or {}
             error = doc.get("error")
             error_type = error.get("type") if isinstance(error, dict) else None

@@ -13,10 +13,10 @@ import re
 import stat
 
 from spoold.config import Config
-from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, SpoolPaths, is_job_name
+from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, Folder, SpoolPaths, is_job_name
 
 log = logging.getLogger(__name__)
-PURGEABLE = ("done", "failed", "rejected")
+PURGEABLE: tuple[str, ...] = (Folder.DONE.value, Folder.FAILED.value, Folder.REJECTED.value)  # quoted by argparse
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhdw]?)")
 _UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
@@ -56,7 +56,7 @@ def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, n
                 log.warning("cannot remove %s: %s", entry.path, e)
                 continue
             removed += 1
-            if folder == "rejected":
+            if folder == Folder.REJECTED:
                 reason = entry.name[: -len(JOB_SUFFIX)] + REASON_SUFFIX
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(os.path.join(paths.folder(folder), reason))
@@ -92,7 +92,8 @@ def apply_retention(paths: SpoolPaths, config: Config, *, now: float) -> None:
     reaped = reap_tmp(paths, now=now)
     if reaped:
         log.info("retention: removed %d file(s) left in tmp/ for over %d hours", reaped, TMP_TTL_SECONDS // 3600)
-    keep = {"done": config.keep_done_days, "failed": config.keep_failed_days, "rejected": config.keep_failed_days}
+    keep = {Folder.DONE: config.keep_done_days, Folder.FAILED: config.keep_failed_days,
+            Folder.REJECTED: config.keep_failed_days}
     for folder, days in keep.items():
         if days <= 0:
             continue

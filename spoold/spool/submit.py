@@ -17,7 +17,7 @@ from spoold.allowlist import check_allowed
 from spoold.config import Config, find_config, load_config
 from spoold.errors import JobRejected, SpoolWriteError, SubmitError
 from spoold.job import PRIORITIES, Job, JobStatus, dump_job, validate_document
-from spoold.paths import SpoolPaths, new_job_id
+from spoold.paths import Folder, SpoolPaths, new_job_id
 from spoold.spool.fsio import publish
 
 
@@ -72,7 +72,7 @@ def build_job(config: Config, class_name: str, method: str, params: Any, *, prio
     if delay:
         doc["run_at"] = (now + timedelta(seconds=delay)).isoformat()
         doc["status"] = JobStatus.SCHEDULED.value
-        folder = "scheduled"
+        folder = Folder.SCHEDULED
     return Job(job_id, doc), folder
 
 

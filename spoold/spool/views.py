@@ -15,13 +15,13 @@ from typing import Any
 
 from spoold.errors import JobRejected
 from spoold.job import decode_document
-from spoold.paths import JOB_SUFFIX, READY, SpoolPaths, is_job_name, is_valid_id
+from spoold.paths import JOB_FOLDERS, JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name, is_valid_id
 from spoold.spool.fsio import read_bounded
 from spoold.spool.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 
-LIST_FOLDERS = (*READY, "scheduled", "running", "done", "failed", "rejected")
+LIST_FOLDERS: tuple[str, ...] = tuple(folder.value for folder in JOB_FOLDERS)  # plain strings: argparse quotes them
 # running/ holds one folder per node; done/ and failed/ may hold day shards (SPEC §2).
-NESTED = ("running", "done", "failed")
+NESTED = (Folder.RUNNING, Folder.DONE, Folder.FAILED)
 # Nodes that are not daemons: a `spoold retry/cancel` taking a file, a `run_job.py --now` run.
 NOT_DAEMONS = (OPERATOR_KIND, NOW_KIND)
 # The daemon's own rewrites may exceed max_job_bytes (SPEC §3); this only guards against reading a huge
@@ -136,7 +136,7 @@ def iso_time(moment: float) -> str:
 def place_of(paths: SpoolPaths, path: Path) -> tuple[str, str | None]:
     """(state folder, daemon id or None) of a job file: `running/D/x.json` -> ("running", "D")."""
     parts = path.relative_to(paths.root).parts
-    return parts[0], (parts[1] if parts[0] == "running" and len(parts) > 2 else None)
+    return parts[0], (parts[1] if parts[0] == Folder.RUNNING and len(parts) > 2 else None)
 
 
 def _text(value: Any, default: str | None = None) -> str | None:
@@ -161,7 +161,7 @@ def job_row(paths: SpoolPaths, path: Path, mtime: float) -> dict[str, Any]:
         "error": _text(error.get("message")) if isinstance(error, dict) else None,
         "run_at": _text(doc.get("run_at")) if doc is not None else None,
         "daemon": daemon,
-        "reason": read_reason(paths, job_id) if folder == "rejected" else None,
+        "reason": read_reason(paths, job_id) if folder == Folder.REJECTED else None,
         "path": str(path),
     }
 
@@ -205,7 +205,7 @@ class Shown:
                                  "document": self.document}
         if self.daemon is not None:
             shown["daemon"], shown["daemon_alive"] = self.daemon, self.daemon_alive
-        if self.folder == "rejected" or self.document is None:
+        if self.folder == Folder.REJECTED or self.document is None:
             shown["reason"] = self.reason
             shown["raw"] = self.raw.decode("utf-8", errors="replace")
         return shown
@@ -232,7 +232,7 @@ def show_job(paths: SpoolPaths, job_id: str) -> Shown | None:
             document = decode_document(raw) if raw else None
         except JobRejected as e:
             reason = str(e)
-        if folder == "rejected":
+        if folder == Folder.REJECTED:
             reason = read_reason(paths, job_id) or reason
         alive = is_alive(path.parent) if daemon is not None else None
         return Shown(job_id, path, folder, daemon, alive, document, raw, reason)
