@@ -53,3 +53,8 @@ SOAK_ARGS ?=
 .PHONY: soak
 soak: $(STAMP)
 	$(BIN)/python soak/run.py $(SOAK_ARGS)
+
+# make bench-child: what one job child costs (RSS, page faults, modules, launch delay) per start method.
+.PHONY: bench-child
+bench-child: $(STAMP)
+	$(BIN)/python bench/child_cost.py 60

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -47,7 +46,9 @@ REASON_SUFFIX = ".reason"
 def new_job_id(now: datetime | None = None) -> str:
     """Sortable by submission time, unique by a random tail: 20261128-192615-123456-3f9a1c2b."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
-    return f"{moment:%Y%m%d-%H%M%S-%f}-{secrets.token_hex(4)}"
+    # os.urandom is what `secrets` uses; importing `secrets` would load hashlib, hmac and random into
+    # every job child (paths is imported by job, which the child needs).
+    return f"{moment:%Y%m%d-%H%M%S-%f}-{os.urandom(4).hex()}"
 
 
 def is_job_name(name: str) -> bool:

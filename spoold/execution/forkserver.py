@@ -18,12 +18,17 @@ import sys
 from spoold.execution.child_setup import prepare_server
 from spoold.execution.protocol import READY, send
 from spoold.execution.serverloop import Server
-from spoold.execution.spares import SpareServer
-from spoold.execution.workerpool import WorkerServer
 
 
 def make_server(isolation: str, max_jobs: int) -> Server:
-    return WorkerServer(max_jobs=max_jobs) if isolation == "worker" else SpareServer()
+    """Only the kind in use is imported: every module the server loads is mapped into each child it forks."""
+    if isolation == "worker":
+        from spoold.execution.workerpool import WorkerServer
+
+        return WorkerServer(max_jobs=max_jobs)
+    from spoold.execution.spares import SpareServer
+
+    return SpareServer()
 
 
 def main() -> None:
@@ -34,9 +39,10 @@ def main() -> None:
     prepare_server()
     with contextlib.suppress(Exception):  # a broken namespace fails each job with its own error instead
         importlib.import_module(namespace)
+    server = make_server(isolation, max_jobs)
     gc.freeze()  # what is loaded now stays out of the collector's way: fewer pages copied in each child
     send(READY)
-    make_server(isolation, max_jobs).serve()
+    server.serve()
 
 
 if __name__ == "__main__":
