@@ -52,7 +52,7 @@ def new_job_id(now: datetime | None = None) -> str:
 
 
 def is_job_name(name: str) -> bool:
-    """True for names the daemon treats as jobs: `*.json`, not hidden (SPEC §2, notes S3)."""
+    """True for names the daemon treats as jobs: `*.json`, not hidden (SPEC §2; docs/design.md, P1)."""
     return name.endswith(JOB_SUFFIX) and not name.startswith(".") and len(name) > len(JOB_SUFFIX)
 
 
@@ -118,7 +118,7 @@ class SpoolPaths:
         return self.rejected / (job_id + REASON_SUFFIX)
 
     def create(self) -> None:
-        """Create every state folder; the daemon does this at start (notes W5)."""
+        """Create every state folder; the daemon does this at start (docs/design.md, T6)."""
         for name in STATE_FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
 

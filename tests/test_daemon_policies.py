@@ -141,7 +141,7 @@ def test_a_retry_on_rule_matches_along_the_mro_and_timeout_by_name(project: Proj
 
 
 def test_files_left_in_tmp_by_dead_writers_are_reaped_after_36_hours(project: Project) -> None:
-    """A writer killed mid-write leaves a part file in tmp/: never run, removed once old (notes case 1)."""
+    """A writer killed mid-write leaves a part file in tmp/: never run, removed once old (docs/design.md, F1)."""
     old = project.drop("tmp", ".dead-writer.part", b'{"class": "Ec')
     fresh = project.drop("tmp", ".live-writer.part", b'{"class": "Echo"}')
     old_time = time.time() - 37 * 3600

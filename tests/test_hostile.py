@@ -1,4 +1,4 @@
-"""Hostile input and hostile surroundings (SPEC §2, §3, §4; notes §4 cases 14, 15, 22, 29).
+"""Hostile input and hostile surroundings (SPEC §2, §3, §4; docs/design.md, F14, F15, F22, F29).
 
 Files crafted to hurt the parser, names that try to escape the id pattern or the allowlist, an operator
 racing the claim, two daemons reaping one dead daemon, a full disk, and a file the daemon cannot read.
@@ -441,7 +441,7 @@ def test_allowlist_escapes_dropped_as_files_are_rejected_or_fail_as_job_not_foun
     assert not sentinel.exists()
 
 
-# -- 4. name collision (notes case 15) -----------------------------------------------------------
+# -- 4. name collision (docs/design.md, F15) -----------------------------------------------------
 
 def test_a_second_job_json_after_the_first_is_done_runs_under_a_fresh_id_and_overwrites_nothing(
         project: Project) -> None:
@@ -463,7 +463,7 @@ def test_a_second_job_json_after_the_first_is_done_runs_under_a_fresh_id_and_ove
     assert os.listdir(project.spool / "medium") == [] and rejected_ids(project) == []
 
 
-# -- 5. race with the operator (notes case 14) ---------------------------------------------------
+# -- 5. race with the operator (docs/design.md, F14) ---------------------------------------------
 
 def test_an_operator_moving_jobs_to_hold_while_the_daemon_claims_them_loses_or_doubles_none(project: Project) -> None:
     """Every other job is moved the moment it lands; the rest after up to 150 ms, so the claim often wins.
@@ -520,7 +520,7 @@ def test_an_operator_moving_jobs_to_hold_while_the_daemon_claims_them_loses_or_d
     assert rejected_ids(project) == [] and project.names("failed") == []
 
 
-# -- 6. reaper vs reaper (notes case 29) ---------------------------------------------------------
+# -- 6. reaper vs reaper (docs/design.md, F29) ---------------------------------------------------
 
 @pytest.mark.parametrize("lock_left", [True, False], ids=["lock-file-left", "no-lock-file"])
 def test_two_daemons_starting_at_once_requeue_each_orphan_of_a_dead_daemon_exactly_once(
@@ -559,7 +559,7 @@ def test_two_daemons_starting_at_once_requeue_each_orphan_of_a_dead_daemon_exact
     assert len(recovered) == 5
 
 
-# -- 7. a full disk, for real (notes case 22) ----------------------------------------------------
+# -- 7. a full disk, for real (docs/design.md, F22) ----------------------------------------------
 
 def fill(path: Path) -> None:
     """Append to `path` until the filesystem has not one byte left."""

@@ -79,7 +79,7 @@ def test_when_the_daemon_is_killed_its_running_child_dies_too(project: Project) 
 
 
 def test_a_ready_folder_removed_and_made_again_is_watched_again(project: Project) -> None:
-    """`rm -r spool/low && mkdir spool/low` while running (notes case 28): no crash, new drops run at once."""
+    """`rm -r spool/low && mkdir spool/low` while running (docs/design.md, F28): no crash, new drops run at once."""
     import shutil
 
     project.configure(rescan_seconds=30)  # only the renewed watch can find the job within the wait below

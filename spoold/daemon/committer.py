@@ -6,7 +6,7 @@ takes every job that finished while it was busy and commits them together: they 
 fsync (Mover.commit_many). A move that leads to another event of the same job (a retry, a chain's next
 step) is written at once in the caller's thread, in order, so its log line always comes first.
 What is promised does not change: a claimed copy is removed only after its new state is durable, and
-a crash before that leaves the job to recovery (docs/design.md, "Commit").
+a crash before that leaves the job to recovery (docs/design.md, P7).
 
 A spool that cannot be written (disk full, I/O error) is never the job's failure: the job waits in
 memory, its claimed file in running/, and is written again every RETRY_SECONDS; meanwhile the daemon

@@ -216,7 +216,7 @@ class Daemon:
     def rescan(self, now: float) -> None:
         try:
             # A state folder removed by hand is made again, at the periodic rescan only: made at once, it
-            # would beat the person's own `rm -r low && mkdir low` (notes case 28).
+            # would beat the person's own `rm -r low && mkdir low` (docs/design.md, F28).
             self.paths.create()
             self.scratch.mkdir(parents=True, exist_ok=True)  # a tmp cleaner may have taken it
         except OSError as e:

@@ -1,7 +1,7 @@
 """Requeueing the jobs of daemons that died (SPEC §2): their lock is free, so their folder is ours to empty.
 
 Each orphan is first claimed by a rename into our own folder, so two daemons recovering the same dead
-one never both requeue a job (docs/design.md, failure case F14). A copy whose id already stands in a
+one never both requeue a job (docs/design.md, F29). A copy whose id already stands in a
 later state is the leftover of a crash between two steps of a commit, and is dropped (precedence
 done/failed > ready > running). What recovery decides for each orphan is returned; the daemon logs
 and writes it, through the same commit as any other run's end.

@@ -3,7 +3,7 @@
 Both callers go through these steps in this order, so they cannot drift apart: the run is counted and
 stamped in memory (the running file is not rewritten at start), its child is launched and `started`
 logged, its outcome is settled into the document, the committer writes the last move, and only once
-that move is durable is the run's outcome logged (docs/design.md, "A run").
+that move is durable is the run's outcome logged (docs/design.md, L1-L5).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Watchdog on the ready folders and scheduled/: events only wake the loop, rescans are the truth.
 
-The handler stays O(1) (notes W10): it records the paths and wakes the daemon. Any event kind counts
-(notes W4): a rename from tmp/ can arrive as created, moved or closed depending on the platform.
+The handler stays O(1) (docs/design.md, T5): it records the paths and wakes the daemon. Any event kind counts
+(docs/design.md, T5): a rename from tmp/ can arrive as created, moved or closed depending on the platform.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def no_move_pairing_delay() -> None:
     watchdog holds every IN_MOVED_FROM for `delay` seconds to pair it with its IN_MOVED_TO, and its
     delayed queue makes every event behind it wait too: each claim (a rename out of a ready folder)
     would stall the next job's notification by up to half a second. We never need the pairs (any event
-    is only a hint, notes W4), so the delay goes. The class is InotifyMoveEventGrouper since watchdog 7,
+    is only a hint; docs/design.md, T5), so the delay goes. The class is InotifyMoveEventGrouper since watchdog 7,
     InotifyBuffer before.
     """
     for module, name in (("watchdog.observers.inotify_move_event_grouper", "InotifyMoveEventGrouper"),
@@ -89,7 +89,7 @@ class _Hints(FileSystemEventHandler):
         raws = [os.fsdecode(raw) for raw in (event.src_path, getattr(event, "dest_path", "")) if raw]
         if event.is_directory:
             if event.event_type not in ("created", "deleted", "moved"):
-                return  # "modified" for a folder only says its entries changed: noise (notes W10)
+                return  # "modified" for a folder only says its entries changed: noise (docs/design.md, T5)
             # A watched folder itself was removed, replaced or (re)created: its watch must be renewed.
             replaced = self.folders.intersection(raws)
             if replaced:
@@ -114,10 +114,10 @@ FOLDER_EVENTS: list[type[FileSystemEvent]] = [DirCreatedEvent, DirDeletedEvent, 
 
 
 class Watcher:
-    """One observer with a non-recursive watch per folder (notes W2); degrades to rescans only.
+    """One observer with a non-recursive watch per folder (docs/design.md, T6); degrades to rescans only.
 
     The spool root is watched too, so a ready folder removed and made again (`rm -r low && mkdir low`)
-    is noticed and its watch renewed (notes case 28); rescans catch what happened in between.
+    is noticed and its watch renewed (docs/design.md, F28); rescans catch what happened in between.
     `markers` is the daemon's own folder, watched only for files written there (cancel markers).
     """
 

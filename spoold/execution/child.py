@@ -89,7 +89,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def die_with_parent(interval: float = 0.5) -> None:
-    """If the daemon dies, take the job's whole process group down too (notes case 5).
+    """If the daemon dies, take the job's whole process group down too (docs/design.md, M9, F5).
 
     The daemon that recovers the job runs it again; an orphan still running it would be a second copy.
     POSIX only: a reparented child sees its parent pid change.

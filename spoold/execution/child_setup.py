@@ -3,7 +3,7 @@
 Shared by the spare children (one job each) and the long-lived workers (many jobs each), so both
 leave the server's world the same way: a session of their own (the daemon kills the job's whole group),
 default signal handlers, none of the server's pipes (so a dead server's EOF reaches the daemon), and
-death with the server (docs/design.md, "Process model").
+death with the server (docs/design.md, M7, M9).
 """
 
 from __future__ import annotations

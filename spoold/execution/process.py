@@ -1,7 +1,7 @@
 """A job's child process: started in its own process group, waited on by a thread, killed past its limit.
 
 A fresh interpreter per job (`python -m spoold.execution.child`) is portable and never inherits the daemon's lock,
-threads or open spool files (notes L5). Killing the whole group takes grandchildren too (notes S5).
+threads or open spool files (docs/design.md, M2). Killing the whole group takes grandchildren too (docs/design.md, M8).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`start_method = "spawn"`: a fresh `python -m spoold.execution.child` per job.
 
 Portable (Windows too), and nothing of the daemon is inherited: no lock, no thread, no open spool
-file (docs/design.md, "Process model"). Costs tens of milliseconds per job, where a fork costs one.
+file (docs/design.md, M2, M6). Costs tens of milliseconds per job, where a fork costs one.
 """
 
 from __future__ import annotations

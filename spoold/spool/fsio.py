@@ -1,4 +1,4 @@
-"""Durable file moves: tmp-write + fsync, no-replace publish, directory fsync (notes R1, R2, R5)."""
+"""Durable file moves: tmp-write + fsync, no-replace publish, directory fsync (docs/design.md, P2, P3)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ def link_no_replace(src: Path, dst: Path) -> bool:
         os.link(src, dst, follow_symlinks=False)
     except OSError as e:
         if same_file(src, dst):
-            return True  # linked after all: a retransmitted NFS link reports EEXIST after succeeding (notes N1)
+            return True  # linked after all: a retransmitted NFS link says EEXIST after succeeding (docs/design.md, P6)
         if e.errno == errno.EEXIST:
             raise NameTaken(dst) from e
         if e.errno not in _NO_LINK:
@@ -73,11 +73,11 @@ def link_no_replace(src: Path, dst: Path) -> bool:
 
 
 def move_no_replace(src: Path, dst: Path, *, durable: bool = True) -> bool:
-    """Move src to dst, raising NameTaken rather than replacing anything at dst (notes R1).
+    """Move src to dst, raising NameTaken rather than replacing anything at dst (docs/design.md, P2).
 
     Any other error, a FileExistsError from elsewhere included, is an I/O failure, not a taken name.
     The move counts once dst is linked and its folder fsynced; a failed fsync undoes the link and
-    raises, so the caller redoes it from the source (notes R4). A source that cannot be removed
+    raises, so the caller redoes it from the source (docs/design.md, P9). A source that cannot be removed
     afterwards is left as a duplicate, logged, and False is returned: never redo a committed move.
     """
     if os.name == "posix" and link_no_replace(src, dst):
@@ -143,7 +143,7 @@ def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable:
     for folder in {dst.parent for _, _, dst in linked} if durable else ():
         try:
             fsync_dir(folder)
-        except OSError as e:  # not durable: undo these links, so each is redone from its source (notes R4)
+        except OSError as e:  # not durable: undo these links, so each is redone from its source (docs/design.md, P9)
             for index, staged, dst in [item for item in linked if item[2].parent == folder]:
                 with contextlib.suppress(OSError):
                     os.unlink(dst)

@@ -1,7 +1,7 @@
 """Taking a file out of a ready folder (or scheduled/): checks, the settle wait, the claim, validation.
 
 The claim is one rename into our own running/DAEMON/ folder: of all daemons, exactly one rename wins
-(notes §3). A file that is not a valid job yet may still be being written by hand, so it is rejected
+(docs/design.md, P5). A file that is not a valid job yet may still be being written by hand, so it is rejected
 only once it has not changed for `settle_seconds` (SPEC §2).
 """
 
@@ -146,7 +146,7 @@ class Intake:
             os.rename(path, target)
         except OSError as e:
             # The target in our own folder is the proof: over NFS a retransmitted rename reports an
-            # error after succeeding (notes N1), and no one else ever renames into our folder.
+            # error after succeeding (docs/design.md, P6), and no one else ever renames into our folder.
             if not os.path.lexists(target):
                 if isinstance(e, FileNotFoundError):
                     return None  # another daemon (or a person) took it first

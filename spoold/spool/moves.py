@@ -1,4 +1,4 @@
-"""Moving a job between state folders without ever replacing a file or losing one (SPEC §2, notes §3).
+"""Moving a job between state folders without ever replacing a file or losing one (SPEC §2; docs/design.md, P2, P3).
 
 Every new version of a document is staged in tmp/, fsynced, moved in with no-replace, and only then is
 the old copy removed. A crash in between leaves a duplicate that recovery resolves, never a loss.
@@ -44,7 +44,7 @@ class Mover:
             self.stale.remove(path)
 
     def id_taken(self, job_id: str, *, besides: Path | None = None) -> bool:
-        """True if another file in a state folder already has this id (notes case 15)."""
+        """True if another file in a state folder already has this id (docs/design.md, F15)."""
         root, name = os.fspath(self.paths.root), job_id + JOB_SUFFIX
         skip = os.fspath(besides) if besides is not None else None
         for folder in TAKEN_CHECK:  # plain strings: this runs at every claim

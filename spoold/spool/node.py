@@ -63,7 +63,7 @@ def _host() -> str:
 
 
 def _lock(path: Path) -> FileLock:
-    # preserve_lock_file: deleting a lock path that others may hold open gives two holders (notes L2).
+    # preserve_lock_file: deleting a lock path that others may hold open gives two holders (docs/design.md, R1).
     return FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True)
 
 

@@ -1,4 +1,4 @@
-"""In-memory index of ready jobs: claiming costs the same whatever the backlog (notes S2).
+"""In-memory index of ready jobs: claiming costs the same whatever the backlog (docs/design.md, T2).
 
 Fed by full rescans (the truth) and by watcher hints (the speed). Each ready folder keeps a heap
 ordered by when a file entered it (st_ctime), then by name, so the oldest job runs first.
@@ -81,7 +81,7 @@ class ReadyIndex:
         return self.scan is not None
 
     def rescan(self, now: float, *, whole: bool = False) -> None:
-        """Start rebuilding from the folders (events are only hints, notes W1, W8) and read the first
+        """Start rebuilding from the folders (events are only hints; docs/design.md, T7) and read the first
         SCAN_CHUNK entries now; `whole` reads them all before returning.
 
         What a scan finds is indexed as it is read, so with a large backlog jobs start while the scan

@@ -63,7 +63,7 @@ def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, n
     return removed
 
 
-TMP_TTL_SECONDS = 36 * 3600  # a writer that has not renamed its file out of tmp/ by then died (notes §2 step 7)
+TMP_TTL_SECONDS = 36 * 3600  # a writer that has not renamed its file out of tmp/ by then died (docs/design.md, F1)
 
 
 def reap_tmp(paths: SpoolPaths, *, now: float) -> int:
