@@ -32,6 +32,17 @@ class RetryRule:
 
 
 @dataclass(frozen=True)
+class DashboardSettings:
+    """The [dashboard] table (SPEC §9); SPOOLD_DASHBOARD_TOKEN and SPOOLD_DASHBOARD_READ_TOKEN override
+    the tokens when `spoold dashboard` starts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8350
+    token: str | None = None
+    read_token: str | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     """A checked bgjobs.toml; paths are absolute, resolved against the file's folder."""
 
@@ -60,6 +71,7 @@ class Config:
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
     @property
     def root(self) -> Path:
@@ -163,7 +175,19 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "isolation": _choice("process", "worker"),
     "max_jobs_per_worker": _integer(1),
 }
-TABLES = ("allowed_jobs", "job_priority", "retry_on")
+def _port(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")
+    return value
+
+
+DASHBOARD_KEYS: dict[str, Callable[[Any], Any]] = {
+    "host": _string,
+    "port": _port,
+    "token": _string,
+    "read_token": _string,
+}
+TABLES = ("allowed_jobs", "job_priority", "retry_on", "dashboard")
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None, *, start: Path | None = None) -> Path:
@@ -216,6 +240,22 @@ def _retry_rule(value: Any) -> RetryRule:
     return RetryRule(**fields)
 
 
+def _dashboard(path: Path, table: dict[str, Any]) -> DashboardSettings:
+    unknown = sorted(set(table) - set(DASHBOARD_KEYS))
+    if unknown:
+        raise ConfigError(path, f"dashboard.{unknown[0]}", f"unknown key (known: {', '.join(DASHBOARD_KEYS)})")
+    values = {}
+    for key, convert in DASHBOARD_KEYS.items():
+        if key in table:
+            try:
+                values[key] = convert(table[key])
+            except ValueError as e:
+                raise ConfigError(path, f"dashboard.{key}", str(e)) from e
+    if values.get("token") is not None and values.get("token") == values.get("read_token"):
+        raise ConfigError(path, "dashboard.read_token", "must differ from dashboard.token")
+    return DashboardSettings(**values)
+
+
 def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     """Check a decoded bgjobs.toml and build the Config; ConfigError names the file and key."""
     unknown = sorted(set(raw) - set(SCALARS) - set(TABLES))
@@ -235,7 +275,8 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     priority = _convert_table(path, "job_priority", _table(path, raw, "job_priority"), _choice(*PRIORITIES))
     retry_on = _convert_table(path, "retry_on", _table(path, raw, "retry_on"), _retry_rule)
     return Config(path=path, allowed_jobs=MappingProxyType(allowed), job_priority=MappingProxyType(priority),
-                  retry_on=MappingProxyType(retry_on), **values)
+                  retry_on=MappingProxyType(retry_on), dashboard=_dashboard(path, _table(path, raw, "dashboard")),
+                  **values)
 
 
 def load_config(path: Path) -> Config:

@@ -51,8 +51,18 @@ def build_parser() -> argparse.ArgumentParser:
     allow.add_argument("class_name", metavar="CLASS")
     allow.add_argument("methods", metavar="METHOD", nargs="+")
     _config_option(allow)
+    dashboard = sub.add_parser("dashboard", help="serve the web dashboard (pip install 'spoold[dashboard]')")
+    dashboard.add_argument("--host", help="address to listen on (default: [dashboard] host, else 127.0.0.1)")
+    dashboard.add_argument("--port", type=_port, help="port (default: [dashboard] port, else 8350)")
+    _config_option(dashboard)
     add_operator_commands(sub, _config_option)
     return parser
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return int(text)
 
 
 def _fail(code: int, message: str) -> int:
@@ -141,7 +151,18 @@ def cmd_allow(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"start": cmd_start, "submit": cmd_submit, "init": cmd_init, "allow": cmd_allow, **OPERATOR_COMMANDS}
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    config = load_config(find_config(args.config))
+    try:
+        from spoold.dashboard.serve import serve
+    except ImportError as e:  # the optional extra is not installed
+        return _fail(EXIT_USAGE, f"the dashboard needs its extra ({e.name} is missing): "
+                                 "pip install 'spoold[dashboard]'")
+    return serve(config, host=args.host, port=args.port)
+
+
+COMMANDS = {"start": cmd_start, "dashboard": cmd_dashboard, "submit": cmd_submit, "init": cmd_init,
+            "allow": cmd_allow, **OPERATOR_COMMANDS}
 
 
 def dispatch(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ Every id gets its own Acted, so one bad id never stops the others.
 
 from __future__ import annotations
 
+import getpass
 import os
 import signal
 import socket
@@ -44,11 +45,19 @@ class Acted:
     spool_error: bool = False
 
 
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container), or no such variable on Windows
+        return str(os.getuid()) if hasattr(os, "getuid") else "unknown"
+
+
 class Operator:
     """One operator command's session on a spool; its `cli.` node is opened on first use, closed at exit."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, by: str | None = None) -> None:
         self.config = config
+        self.by = by or f"cli:{_user()}"  # who acts, in each log line (SPEC §8)
         self.paths = SpoolPaths(config.spool_dir)
         self.mover = Mover(self.paths)
         self.events = EventLog(config.log_dir)
@@ -200,7 +209,7 @@ class Operator:
         if applied is None or isinstance(applied, Acted):
             return applied
         job, target = applied
-        self.events.job_event("cancelled", job)
+        self.events.job_event("cancelled", job, by=self.by)
         return Acted(job.id, True, f"{self._where(path)} -> {self._where(target)}")
 
     def _mark(self, job_id: str, folder: Path) -> Acted | Path | None:

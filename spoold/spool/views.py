@@ -94,8 +94,8 @@ def count_jobs(paths: SpoolPaths) -> dict[str, int]:
     return {name: sum(1 for _ in job_entries(paths.folder(name), nested=name in NESTED)) for name in LIST_FOLDERS}
 
 
-def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
-    """Seconds since the oldest ready job entered its folder (its ctime: a rename sets it), or None."""
+def oldest_ready_since(paths: SpoolPaths) -> float | None:
+    """When the oldest ready job entered its folder (its ctime: a rename sets it), or None."""
     oldest: float | None = None
     for priority in READY:
         for entry in job_entries(paths.ready(priority)):
@@ -104,6 +104,12 @@ def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
             except OSError:
                 continue
             oldest = ctime if oldest is None else min(oldest, ctime)
+    return oldest
+
+
+def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
+    """Seconds since the oldest ready job entered its folder, or None."""
+    oldest = oldest_ready_since(paths)
     return None if oldest is None else round(max(0.0, now - oldest), 3)
 
 

@@ -1,0 +1,185 @@
+"""Job lists for the dashboard: newest first, paged, filtered, reading only the files a page shows.
+
+"Newest first" is the order of the ids, descending: the ids spoold makes start with their UTC time
+(20261128-192615-...), so for them it is the order of submission; a dropped `foo.json` keeps the id
+`foo` and sorts by its name. The names of a folder are listed (never stat'ed) and cached per folder by
+its (mtime, size, inode), so a page of an unchanged 100,000-file folder reads its 50 files and no more.
+Filters need the documents: they scan newest first and stop after SCAN_BUDGET files, and the page says
+how far it got, so the next page continues the scan where this one stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name
+from spoold.spool.views import LIST_FOLDERS, job_entries, read_document, read_reason
+
+SCAN_BUDGET = 5_000
+MAX_LIMIT = 500
+RACY_SECONDS = 1.0  # a folder changed within the last second may change again within its mtime's tick
+
+
+@dataclass(frozen=True)
+class Filters:
+    class_name: str | None = None
+    method: str | None = None
+    priority: str | None = None
+    error_type: str | None = None
+    text: str | None = None
+
+    @property
+    def any(self) -> bool:
+        return any((self.class_name, self.method, self.priority, self.error_type, self.text))
+
+    def match(self, row: dict[str, Any], doc: dict[str, Any] | None) -> bool:
+        if self.class_name and row["class"] != self.class_name:
+            return False
+        if self.method and row["method"] != self.method:
+            return False
+        if self.priority and row["priority"] != self.priority:
+            return False
+        if self.error_type and row["error_type"] != self.error_type:
+            return False
+        return not self.text or self.text.lower() in searchable_text(doc).lower()
+
+
+def searchable_text(doc: dict[str, Any] | None) -> str:
+    """What `q` matches: params, result and error (type, message, traceback), as JSON-ish text."""
+    if doc is None:
+        return ""
+    parts = [repr(doc.get("params")), repr(doc.get("result"))]
+    error = doc.get("error")
+    if isinstance(error, dict):
+        parts += [str(error.get(key, "")) for key in ("type", "message", "traceback")]
+    return "\n".join(parts)
+
+
+@dataclass
+class _Listed:
+    key: tuple[int, int, int]
+    names: list[str]
+
+
+@dataclass
+class NameCache:
+    """The job names of each flat folder, kept while the folder's (mtime, size, inode) stays the same."""
+
+    folders: dict[Path, _Listed] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def names(self, folder: Path) -> list[str]:
+        try:
+            info = os.stat(folder)
+        except OSError:
+            return []
+        key = (info.st_mtime_ns, info.st_size, info.st_ino)
+        with self.lock:
+            listed = self.folders.get(folder)
+        if listed is not None and listed.key == key:
+            return listed.names
+        names = [entry.name for entry in job_entries(folder)]
+        if time.time() - info.st_mtime > RACY_SECONDS:  # a key younger than that may hide a later change
+            with self.lock:
+                self.folders[folder] = _Listed(key, names)
+        return names
+
+
+@dataclass(frozen=True)
+class Page:
+    jobs: list[dict[str, Any]]
+    next: str | None
+    total: int  # job files in the state, matching or not
+    scanned: int  # documents read to fill the page
+    scan_stopped: bool  # the filter's scan hit SCAN_BUDGET before the page was full
+
+
+def state_files(paths: SpoolPaths, state: str, cache: NameCache) -> dict[str, Path]:
+    """id -> path of every job file in a state (`running`: every daemon's folder)."""
+    if state == Folder.RUNNING:
+        return {entry.name[: -len(JOB_SUFFIX)]: Path(entry.path)
+                for entry in job_entries(paths.running, nested=True)}
+    folder = paths.folder(state)
+    return {name[: -len(JOB_SUFFIX)]: folder / name for name in cache.names(folder) if is_job_name(name)}
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def job_entry(paths: SpoolPaths, state: str, job_id: str, path: Path,
+              doc: dict[str, Any] | None) -> dict[str, Any]:
+    """One entry of `GET /api/jobs` (SPEC §9); a file that does not parse still gets one."""
+    doc = doc or {}
+    error = doc.get("error")
+    priority = _text(doc.get("priority")) or (state if state in READY else None)
+    attempts = doc.get("attempts", 0)
+    entry = {"id": job_id, "state": state, "class": _text(doc.get("class")),
+             "method": _text(doc.get("method")) or ("handle" if doc else None), "priority": priority,
+             "attempts": attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None,
+             "status": _text(doc.get("status")),
+             "error_type": _text(error.get("type")) if isinstance(error, dict) else None,
+             "created_at": _text(doc.get("created_at")), "finished_at": _text(doc.get("finished_at")),
+             "run_at": _text(doc.get("run_at")), "path": str(path)}
+    if state == Folder.REJECTED:
+        entry["reason"] = read_reason(paths, job_id)
+    return entry
+
+
+def newest(ids: Iterable[str], below: str | None, count: int) -> list[str]:
+    candidates = ids if below is None else (job_id for job_id in ids if job_id < below)
+    return heapq.nlargest(count, candidates)
+
+
+def list_page(paths: SpoolPaths, state: str, filters: Filters, *, limit: int, cursor: str | None,
+              cache: NameCache) -> Page:
+    """One page, newest first, of the jobs in `state` below `cursor` (the last id of the page before)."""
+    if state not in LIST_FOLDERS:
+        raise ValueError(f"state: expected one of {', '.join(LIST_FOLDERS)}, got {state!r}")
+    files = state_files(paths, state, cache)
+    if not filters.any:
+        shown = newest(files, cursor, limit + 1)
+        page = [job_entry(paths, state, job_id, files[job_id], read_document(files[job_id]))
+                for job_id in shown[:limit]]
+        return Page(page, shown[limit - 1] if len(shown) > limit else None, len(files), len(page), False)
+    jobs: list[dict[str, Any]] = []
+    scanned = 0
+    ordered = sorted((i for i in files if cursor is None or i < cursor), reverse=True)
+    for job_id in ordered:
+        if scanned >= SCAN_BUDGET:
+            return Page(jobs, jobs[-1]["id"] if len(jobs) == limit else _last_scanned(ordered, scanned),
+                        len(files), scanned, True)
+        doc = read_document(files[job_id])
+        scanned += 1
+        entry = job_entry(paths, state, job_id, files[job_id], doc)
+        if filters.match(entry, doc):
+            if len(jobs) == limit:
+                return Page(jobs, jobs[-1]["id"], len(files), scanned, False)
+            jobs.append(entry)
+    return Page(jobs, None, len(files), scanned, False)
+
+
+def _last_scanned(ordered: list[str], scanned: int) -> str:
+    return ordered[scanned - 1]
+
+
+def matching(paths: SpoolPaths, state: str, filters: Filters, cache: NameCache, *, cap: int) -> list[str]:
+    """Every id in `state` that matches the filter (a bulk action's set), up to `cap` + 1."""
+    files = state_files(paths, state, cache)
+    if not filters.any:
+        return sorted(files, reverse=True)[: cap + 1]
+    found: list[str] = []
+    for job_id in sorted(files, reverse=True):
+        doc = read_document(files[job_id])
+        if filters.match(job_entry(paths, state, job_id, files[job_id], doc), doc):
+            found.append(job_id)
+            if len(found) > cap:
+                break
+    return found
