@@ -58,3 +58,8 @@ soak: $(STAMP)
 .PHONY: bench-child
 bench-child: $(STAMP)
 	$(BIN)/python bench/child_cost.py 60
+
+# make bench-dashboard: every dashboard page and API call over 100,000 done/ and 10,000 failed/ jobs, warm and cold.
+.PHONY: bench-dashboard
+bench-dashboard: $(STAMP)
+	$(BIN)/python bench/dashboard_speed.py

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,3 +365,36 @@ def test_a_bad_dashboard_key_is_a_config_error_naming_it(project: Project, tmp_p
     project.config.write_text(project.config.read_text() + '\n[dashboard]\nport = "eighty"\n')
     result = project.cli("status", "--config", str(project.config))
     assert result.returncode == 2 and "dashboard.port: expected a port number" in result.stderr
+
+
+def test_each_failed_attempt_shows_its_own_error_from_the_errors_log(project: Project) -> None:
+    project.configure(retry_attempts=1)
+    job_id = project.submit("Raise", "handle", ["RuntimeError", "boom"])
+    assert project.drain().returncode == 0
+    page = client(project).get(f"/jobs/{job_id}").text
+    assert page.count('<details class="attempt-error">') == 2
+    assert page.count("RuntimeError: boom") >= 2
+
+
+def test_the_stats_rollup_reads_only_what_was_appended_and_follows_a_rotated_log(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from spoold.dashboard.stats import Rollup
+
+    log = tmp_path / "background_jobs.log"
+    now = time.time()
+    stamp = datetime.fromtimestamp(now - 30, UTC).isoformat()
+
+    def line(status: str, job: str) -> str:
+        return f"{stamp} job={job} class=Echo method=handle attempt=1 status={status} duration_ms=7\n"
+
+    log.write_text(line("success", "a") + line("failure", "b") + line("success", "c")[:20])  # the last: half written
+    rollup = Rollup(tmp_path)
+    first = rollup.statistics(3600, now)["classes"]
+    assert [(c["runs"], c["failures"]) for c in first] == [(2, 1)]
+    with log.open("a") as handle:
+        handle.write(line("success", "c")[20:] + line("retrying", "d"))
+    assert [(c["runs"], c["failures"]) for c in rollup.statistics(3600, now)["classes"]] == [(4, 2)]
+    log.rename(tmp_path / "background_jobs.log.1")
+    log.write_text(line("success", "e"))
+    assert [(c["runs"], c["failures"]) for c in rollup.statistics(3600, now)["classes"]] == [(1, 0)]

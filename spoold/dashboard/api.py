@@ -15,7 +15,6 @@ from spoold.dashboard import actions, params
 from spoold.dashboard.access import Role
 from spoold.dashboard.context import Dashboard, Refused, read_body
 from spoold.dashboard.listing import list_page
-from spoold.dashboard.stats import statistics
 from spoold.paths import Folder, is_valid_id
 from spoold.spool.views import LIST_FOLDERS, job_entries, live_daemons, oldest_ready_since, show_job
 
@@ -25,7 +24,7 @@ def status_document(dashboard: Dashboard) -> dict[str, Any]:
     done/ costs a stat, not a listing)."""
     paths = dashboard.paths
     counts = {name: (sum(1 for _ in job_entries(paths.running, nested=True)) if name == Folder.RUNNING
-                     else len(dashboard.cache.names(paths.folder(name)))) for name in LIST_FOLDERS}
+                     else dashboard.cache.count(paths.folder(name))) for name in LIST_FOLDERS}
     since = oldest_ready_since(paths)
     age = None if since is None else round(max(0.0, time.time() - since), 3)
     return {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)], "counts": counts,
@@ -106,4 +105,4 @@ def stats(dashboard: Dashboard, request: Request) -> JSONResponse:
     unknown = sorted(set(request.query_params) - {"window"})
     if unknown:
         raise Refused(400, f"unknown parameter {unknown[0][:40]!r} (known: window)")
-    return JSONResponse(statistics(dashboard.log_dir, params.window_of(dict(request.query_params)), time.time()))
+    return JSONResponse(dashboard.rollup.statistics(params.window_of(dict(request.query_params)), time.time()))

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse
 from spoold.config import Config
 from spoold.dashboard.access import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Access, Role, cross_site
 from spoold.dashboard.listing import NameCache
+from spoold.dashboard.stats import Rollup
 from spoold.paths import SpoolPaths
 
 MAX_BODY = 8 * 1024
@@ -32,6 +33,10 @@ class Dashboard:
     config: Config
     access: Access
     cache: NameCache = field(default_factory=NameCache)
+    rollup: Rollup = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.rollup = Rollup(self.config.log_dir)
 
     @property
     def paths(self) -> SpoolPaths:

@@ -4,25 +4,27 @@
 (20261128-192615-...), so for them it is the order of submission; a dropped `foo.json` keeps the id
 `foo` and sorts by its name. The names of a folder are listed (never stat'ed) and cached per folder by
 its (mtime, size, inode), so a page of an unchanged 100,000-file folder reads its 50 files and no more.
-Filters need the documents: they scan newest first and stop after SCAN_BUDGET files, and the page says
-how far it got, so the next page continues the scan where this one stopped.
+Filters need the documents: they scan newest first and stop after SCAN_BUDGET files or SCAN_SECONDS,
+and the page says how far it got, so the next page continues the scan where this one stopped.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
+import itertools
 import os
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name
+from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths
 from spoold.spool.views import LIST_FOLDERS, job_entries, read_document, read_reason
 
 SCAN_BUDGET = 5_000
+SCAN_SECONDS = 0.15  # a filter reads documents for at most this long per page, then says how far it got
 MAX_LIMIT = 500
 RACY_SECONDS = 1.0  # a folder changed within the last second may change again within its mtime's tick
 
@@ -65,17 +67,18 @@ def searchable_text(doc: dict[str, Any] | None) -> str:
 @dataclass
 class _Listed:
     key: tuple[int, int, int]
-    names: list[str]
+    ids: list[str]  # ascending
 
 
 @dataclass
 class NameCache:
-    """The job names of each flat folder, kept while the folder's (mtime, size, inode) stays the same."""
+    """The job ids of each flat folder, sorted, kept while the folder's (mtime, size, inode) stays the same:
+    an unchanged 100,000-file folder costs one stat per request, a changed one a listing and a sort."""
 
     folders: dict[Path, _Listed] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def names(self, folder: Path) -> list[str]:
+    def ids(self, folder: Path) -> list[str]:
         try:
             info = os.stat(folder)
         except OSError:
@@ -84,12 +87,15 @@ class NameCache:
         with self.lock:
             listed = self.folders.get(folder)
         if listed is not None and listed.key == key:
-            return listed.names
-        names = [entry.name for entry in job_entries(folder)]
+            return listed.ids
+        ids = sorted(entry.name[: -len(JOB_SUFFIX)] for entry in job_entries(folder))
         if time.time() - info.st_mtime > RACY_SECONDS:  # a key younger than that may hide a later change
             with self.lock:
-                self.folders[folder] = _Listed(key, names)
-        return names
+                self.folders[folder] = _Listed(key, ids)
+        return ids
+
+    def count(self, folder: Path) -> int:
+        return len(self.ids(folder))
 
 
 @dataclass(frozen=True)
@@ -98,16 +104,31 @@ class Page:
     next: str | None
     total: int  # job files in the state, matching or not
     scanned: int  # documents read to fill the page
-    scan_stopped: bool  # the filter's scan hit SCAN_BUDGET before the page was full
+    scan_stopped: bool  # the filter's scan hit its budget before the page was full
 
 
-def state_files(paths: SpoolPaths, state: str, cache: NameCache) -> dict[str, Path]:
-    """id -> path of every job file in a state (`running`: every daemon's folder)."""
+@dataclass(frozen=True)
+class StateFiles:
+    """The job ids of a state, ascending, and where each one's file is."""
+
+    ids: list[str]
+    folder: Path | None  # None for running/: each daemon has its folder
+    nested: dict[str, Path] = field(default_factory=dict)
+
+    def path(self, job_id: str) -> Path:
+        return self.folder / (job_id + JOB_SUFFIX) if self.folder is not None else self.nested[job_id]
+
+    def newest_first(self, below: str | None) -> Iterator[str]:
+        end = len(self.ids) if below is None else bisect.bisect_left(self.ids, below)
+        return (self.ids[i] for i in range(end - 1, -1, -1))
+
+
+def state_files(paths: SpoolPaths, state: str, cache: NameCache) -> StateFiles:
     if state == Folder.RUNNING:
-        return {entry.name[: -len(JOB_SUFFIX)]: Path(entry.path)
-                for entry in job_entries(paths.running, nested=True)}
+        nested = {entry.name[: -len(JOB_SUFFIX)]: Path(entry.path) for entry in job_entries(paths.running, nested=True)}
+        return StateFiles(sorted(nested), None, nested)
     folder = paths.folder(state)
-    return {name[: -len(JOB_SUFFIX)]: folder / name for name in cache.names(folder) if is_job_name(name)}
+    return StateFiles(cache.ids(folder), folder)
 
 
 def _text(value: Any) -> str | None:
@@ -133,52 +154,43 @@ def job_entry(paths: SpoolPaths, state: str, job_id: str, path: Path,
     return entry
 
 
-def newest(ids: Iterable[str], below: str | None, count: int) -> list[str]:
-    candidates = ids if below is None else (job_id for job_id in ids if job_id < below)
-    return heapq.nlargest(count, candidates)
-
-
 def list_page(paths: SpoolPaths, state: str, filters: Filters, *, limit: int, cursor: str | None,
               cache: NameCache) -> Page:
     """One page, newest first, of the jobs in `state` below `cursor` (the last id of the page before)."""
     if state not in LIST_FOLDERS:
         raise ValueError(f"state: expected one of {', '.join(LIST_FOLDERS)}, got {state!r}")
     files = state_files(paths, state, cache)
+    ordered = files.newest_first(cursor)
     if not filters.any:
-        shown = newest(files, cursor, limit + 1)
-        page = [job_entry(paths, state, job_id, files[job_id], read_document(files[job_id]))
+        shown = list(itertools.islice(ordered, limit + 1))
+        page = [job_entry(paths, state, job_id, files.path(job_id), read_document(files.path(job_id)))
                 for job_id in shown[:limit]]
-        return Page(page, shown[limit - 1] if len(shown) > limit else None, len(files), len(page), False)
+        return Page(page, shown[limit - 1] if len(shown) > limit else None, len(files.ids), len(page), False)
     jobs: list[dict[str, Any]] = []
-    scanned = 0
-    ordered = sorted((i for i in files if cursor is None or i < cursor), reverse=True)
+    scanned, last = 0, None
+    stop_at = time.monotonic() + SCAN_SECONDS
     for job_id in ordered:
-        if scanned >= SCAN_BUDGET:
-            return Page(jobs, jobs[-1]["id"] if len(jobs) == limit else _last_scanned(ordered, scanned),
-                        len(files), scanned, True)
-        doc = read_document(files[job_id])
-        scanned += 1
-        entry = job_entry(paths, state, job_id, files[job_id], doc)
+        if scanned >= SCAN_BUDGET or (scanned and time.monotonic() >= stop_at):
+            return Page(jobs, last, len(files.ids), scanned, True)
+        doc = read_document(files.path(job_id))
+        scanned, last = scanned + 1, job_id
+        entry = job_entry(paths, state, job_id, files.path(job_id), doc)
         if filters.match(entry, doc):
             if len(jobs) == limit:
-                return Page(jobs, jobs[-1]["id"], len(files), scanned, False)
+                return Page(jobs, jobs[-1]["id"], len(files.ids), scanned, False)
             jobs.append(entry)
-    return Page(jobs, None, len(files), scanned, False)
-
-
-def _last_scanned(ordered: list[str], scanned: int) -> str:
-    return ordered[scanned - 1]
+    return Page(jobs, None, len(files.ids), scanned, False)
 
 
 def matching(paths: SpoolPaths, state: str, filters: Filters, cache: NameCache, *, cap: int) -> list[str]:
     """Every id in `state` that matches the filter (a bulk action's set), up to `cap` + 1."""
     files = state_files(paths, state, cache)
     if not filters.any:
-        return sorted(files, reverse=True)[: cap + 1]
+        return list(itertools.islice(files.newest_first(None), cap + 1))
     found: list[str] = []
-    for job_id in sorted(files, reverse=True):
-        doc = read_document(files[job_id])
-        if filters.match(job_entry(paths, state, job_id, files[job_id], doc), doc):
+    for job_id in files.newest_first(None):
+        doc = read_document(files.path(job_id))
+        if filters.match(job_entry(paths, state, job_id, files.path(job_id), doc), doc):
             found.append(job_id)
             if len(found) > cap:
                 break

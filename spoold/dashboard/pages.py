@@ -21,7 +21,7 @@ from spoold.dashboard.charts import bars
 from spoold.dashboard.context import Dashboard, Refused, read_form
 from spoold.dashboard.explain import never_picked_up, why_not_running
 from spoold.dashboard.listing import list_page, matching
-from spoold.dashboard.stats import error_tail, job_events, statistics
+from spoold.dashboard.stats import error_tail, job_errors, job_events
 from spoold.paths import READY, is_valid_id
 from spoold.spool.views import LIST_FOLDERS, Shown, show_job
 
@@ -56,7 +56,7 @@ def render(dashboard: Dashboard, request: Request, name: str, role: Role | None,
 def overview(dashboard: Dashboard, request: Request) -> Response:
     role = dashboard.require(request, Role.READ, time.time())
     now = time.time()
-    hour, day = statistics(dashboard.log_dir, 3600, now), statistics(dashboard.log_dir, 86400, now)
+    hour, day = dashboard.rollup.statistics(3600, now), dashboard.rollup.statistics(86400, now)
     return render(dashboard, request, "overview.html", role, status=api.status_document(dashboard),
                   hour_chart=bars(hour["series"], title="Successes and failures per minute, last hour"),
                   day_chart=bars(day["series"], title="Successes and failures per hour, last day"))
@@ -78,10 +78,12 @@ def jobs(dashboard: Dashboard, request: Request) -> Response:
 def _timeline(dashboard: Dashboard, shown: Shown) -> list[dict[str, Any]]:
     """The document's history merged with the job's log lines, oldest first."""
     rows: list[dict[str, Any]] = []
+    tracebacks = job_errors(dashboard.log_dir, shown.id)
     for run in (shown.document or {}).get("history") or []:
         if isinstance(run, dict):
             at = str(run.get("finished_at") or run.get("started_at") or "")
-            rows.append({"at": at, "ts": _timestamp(at), "kind": "run", "run": run})
+            rows.append({"at": at, "ts": _timestamp(at), "kind": "run", "run": run,
+                         "traceback": tracebacks.get(str(run.get("attempt"))) if run.get("error_type") else None})
     for event in job_events(dashboard.log_dir, shown.id):
         at = datetime.fromtimestamp(event.at, UTC).isoformat()
         rows.append({"at": at, "ts": event.at, "kind": "log", "event": event.fields})
@@ -138,7 +140,7 @@ def errors(dashboard: Dashboard, request: Request) -> Response:
 def stats(dashboard: Dashboard, request: Request) -> Response:
     role = dashboard.require(request, Role.READ, time.time())
     window = params.window_of(dict(request.query_params))
-    result = statistics(dashboard.log_dir, window, time.time())
+    result = dashboard.rollup.statistics(window, time.time())
     return render(dashboard, request, "stats.html", role, stats=result, window=window,
                   chart=bars(result["series"], title=f"Successes and failures over the last {window}s"))
 

@@ -1,14 +1,15 @@
 """Statistics from the event log (SPEC §8), so they survive restarts: runs, failures and durations per
-class, and successes and failures per minute or hour. Only the tail that the window needs is read,
-from the end of the file backwards."""
+class, and successes and failures per minute or hour; and a job's own lines of both logs. Logs are read
+from their end backwards, as far as a question needs, or (the statistics) from where the last read ended."""
 
 from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -77,14 +78,15 @@ def _pairs(text: str) -> Iterator[tuple[str, str]]:
             i += 1
 
 
-def lines_backwards(path: Path) -> Iterator[str]:
-    """The file's lines, last first, read a chunk at a time from its end."""
+def lines_backwards_at(path: Path, *, end: int | None = None) -> Iterator[tuple[int, str]]:
+    """(offset where it starts, line) for each line of the file up to byte `end`, last first, read a chunk
+    at a time from the end."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError:
         return
     try:
-        end = os.fstat(fd).st_size
+        end = os.fstat(fd).st_size if end is None else end
         rest = b""
         while end > 0:
             start = max(0, end - CHUNK)
@@ -93,26 +95,19 @@ def lines_backwards(path: Path) -> Iterator[str]:
             end = start
             lines = block.split(b"\n")
             rest = lines.pop(0) if end > 0 else b""
+            position = start + len(block)
             for line in reversed(lines):
-                yield line.decode("utf-8", "replace")
+                position -= len(line) + 1
+                yield max(position + 1, 0) if position >= 0 else 0, line.decode("utf-8", "replace")
         if rest:
-            yield rest.decode("utf-8", "replace")
+            yield 0, rest.decode("utf-8", "replace")
     finally:
         os.close(fd)
 
 
-def events_since(log_dir: Path, since: float) -> list[Event]:
-    """Events of the window, oldest first; stops reading at the first line older than the window."""
-    found: list[Event] = []
-    for line in lines_backwards(log_dir / EVENTS_LOG):
-        event = parse_line(line)
-        if event is None:
-            continue
-        if event.at < since:
-            break
-        found.append(event)
-    found.reverse()
-    return found
+def lines_backwards(path: Path, *, end: int | None = None) -> Iterator[str]:
+    """The file's lines (up to byte `end`), last first."""
+    return (line for _, line in lines_backwards_at(path, end=end))
 
 
 def percentile(values: list[int], q: float) -> int | None:
@@ -126,30 +121,138 @@ def bucket_seconds(window: int) -> int:
     return 60 if window <= 7200 else 3600
 
 
-def statistics(log_dir: Path, window: int, now: float) -> dict[str, Any]:
-    """`GET /api/stats` (SPEC §9): per class over the window, and the series of successes and failures."""
-    since = now - window
-    step = bucket_seconds(window)
-    first = int(since // step) * step
-    series = {first + i * step: {"success": 0, "failure": 0} for i in range(int((now - first) // step) + 1)}
-    per_class: dict[str, dict[str, Any]] = defaultdict(lambda: {"runs": 0, "failures": 0, "durations": []})
-    for event in events_since(log_dir, since):
-        outcome = ENDS_A_RUN.get(event.status)
+def fast_fields(line: str) -> Event | None:
+    """parse_line for the common line with no quoted value: a split instead of a decoder (the log may
+    have hundreds of thousands of lines in a week)."""
+    if '"' in line or line.startswith("{"):
+        return parse_line(line)
+    stamp, _, rest = line.rstrip("\n").partition(" ")
+    try:
+        at = datetime.fromisoformat(stamp).timestamp()
+    except ValueError:
+        return None
+    return Event(at, dict(part.split("=", 1) for part in rest.split(" ") if "=" in part))
+
+
+@dataclass
+class _Minute:
+    success: int = 0
+    failure: int = 0
+    durations: list[int] = field(default_factory=list)
+
+
+def _ends_a_run(line: str) -> bool:
+    """A cheap look before parsing: only these lines count (half of the log is `started` lines)."""
+    return any(f"status={status}" in line for status in ENDS_A_RUN)
+
+
+class Rollup:
+    """Runs per minute and class, from the event log, kept in memory: each request reads only what was
+    appended since the one before (from its offset), and reaches back into older lines only as far as its
+    window needs (a week at most). A log rotated away (another inode, or shorter) is read afresh."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.path = log_dir / EVENTS_LOG
+        self.identity: tuple[int, int] | None = None
+        self.offset = 0  # the end of what was read
+        self.head = 0  # the start of what was read: older lines are read only when a window needs them
+        self.loaded_since = 0.0
+        self.minutes: dict[int, dict[str, _Minute]] = defaultdict(dict)
+        self.lock = threading.Lock()
+
+    def _add(self, event: Event) -> None:
+        outcome = ENDS_A_RUN.get(event.fields.get("status", ""))
         if outcome is None:
-            continue
-        bucket = series.get(int(event.at // step) * step)
-        if bucket is not None:
-            bucket[outcome] += 1
-        row = per_class[event.fields.get("class", "?")]
-        row["runs"] += 1
-        row["failures"] += outcome == "failure"
-        if event.fields.get("duration_ms", "").isdigit():
-            row["durations"].append(int(event.fields["duration_ms"]))
-    classes = [{"class": name, "runs": row["runs"], "failures": row["failures"],
-                "p50_ms": percentile(row["durations"], 0.5), "p95_ms": percentile(row["durations"], 0.95)}
-               for name, row in sorted(per_class.items())]
-    return {"window": window, "step": step, "classes": classes,
-            "series": [{"t": t, **counts} for t, counts in sorted(series.items())]}
+            return
+        cell = self.minutes[int(event.at // 60) * 60].setdefault(event.fields.get("class", "?"), _Minute())
+        if outcome == "success":
+            cell.success += 1
+        else:
+            cell.failure += 1
+        duration = event.fields.get("duration_ms", "")
+        if duration.isdigit():
+            cell.durations.append(int(duration))
+
+    def refresh(self, now: float, since: float) -> None:
+        try:
+            info = os.stat(self.path)
+        except OSError:
+            self.identity, self.offset, self.head = None, 0, 0
+            self.minutes.clear()
+            return
+        identity = (info.st_dev, info.st_ino)
+        if identity != self.identity or info.st_size < self.offset:
+            self.minutes.clear()
+            self.identity = identity
+            self.offset = self.head = self._complete_end(info.st_size)
+            self.loaded_since = now
+        elif info.st_size > self.offset:
+            self._read_appended(info.st_size)
+        if since < self.loaded_since and self.head > 0:
+            self._reach_back(since)
+        oldest = now - MAX_WINDOW - 60
+        for minute in [m for m in self.minutes if m < oldest]:
+            del self.minutes[minute]
+
+    def _reach_back(self, since: float) -> None:
+        """Read lines before `head`, newest first, down to the first one older than `since`."""
+        for start, line in lines_backwards_at(self.path, end=self.head):
+            if not _ends_a_run(line):
+                self.head = start
+                continue
+            event = fast_fields(line)
+            if event is not None and event.at < since:
+                break
+            self.head = start
+            if event is not None:
+                self._add(event)
+        else:
+            self.head = 0
+        self.loaded_since = since
+
+    def _complete_end(self, size: int) -> int:
+        """Where the last complete line ends: a line still being written is read next time."""
+        with open(self.path, "rb") as handle:
+            start = max(0, size - CHUNK)
+            handle.seek(start)
+            return start + handle.read(size - start).rfind(b"\n") + 1
+
+    def _read_appended(self, size: int) -> None:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.offset)
+            data = handle.read(size - self.offset)
+        complete = data.rfind(b"\n") + 1  # a line still being written is read next time
+        for line in data[:complete].decode("utf-8", "replace").splitlines():
+            event = fast_fields(line) if _ends_a_run(line) else None
+            if event is not None:
+                self._add(event)
+        self.offset += complete
+
+    def statistics(self, window: int, now: float) -> dict[str, Any]:
+        """`GET /api/stats` (SPEC §9): per class over the window, and the series of successes and failures."""
+        with self.lock:
+            self.refresh(now, now - window)
+            step = bucket_seconds(window)
+            first = int((now - window) // step) * step
+            series = {first + i * step: [0, 0] for i in range(int((now - first) // step) + 1)}
+            per_class: dict[str, _Minute] = defaultdict(_Minute)
+            for minute, cells in self.minutes.items():
+                if minute < now - window - 60:
+                    continue
+                bucket = series.get(int(minute // step) * step)
+                for name, cell in cells.items():
+                    if bucket is not None:
+                        bucket[0] += cell.success
+                        bucket[1] += cell.failure
+                    total = per_class[name]
+                    total.success += cell.success
+                    total.failure += cell.failure
+                    total.durations.extend(cell.durations)
+        classes = [{"class": name, "runs": row.success + row.failure, "failures": row.failure,
+                    "p50_ms": percentile(row.durations, 0.5), "p95_ms": percentile(row.durations, 0.95)}
+                   for name, row in sorted(per_class.items())]
+        return {"window": window, "step": step, "classes": classes,
+                "series": [{"t": t, "success": ok, "failure": bad} for t, (ok, bad) in sorted(series.items())]}
 
 
 def job_events(log_dir: Path, job_id: str, *, limit_bytes: int = 8 << 20) -> list[Event]:
@@ -169,20 +272,32 @@ def job_events(log_dir: Path, job_id: str, *, limit_bytes: int = 8 << 20) -> lis
     return found
 
 
-def error_tail(log_dir: Path, *, query: str | None, limit_bytes: int = 256 << 10) -> list[str]:
-    """The last `limit_bytes` of the errors log as entries (a line and its traceback), newest first,
-    those containing `query` only."""
-    entries: list[str] = []
+def error_entries(log_dir: Path, *, limit_bytes: int) -> Iterator[tuple[Event, str]]:
+    """The errors log's entries (an event line and the traceback or reason after it), newest first, from its
+    last `limit_bytes`."""
     current: list[str] = []
     read = 0
     for line in lines_backwards(log_dir / ERRORS_LOG):
         read += len(line) + 1
         if read > limit_bytes:
-            break
+            return
         current.append(line)
-        if parse_line(line) is not None and " status=" in line:
-            text = "\n".join(reversed(current)).rstrip()
+        event = parse_line(line) if " status=" in line or line.startswith("{") else None
+        if event is not None:
+            yield event, "\n".join(reversed(current)).rstrip()
             current = []
-            if not query or query.lower() in text.lower():
-                entries.append(text)
-    return entries
+
+
+def error_tail(log_dir: Path, *, query: str | None, limit_bytes: int = 256 << 10) -> list[str]:
+    """The tail of the errors log as entries, newest first; those containing `query` only."""
+    return [text for _, text in error_entries(log_dir, limit_bytes=limit_bytes)
+            if not query or query.lower() in text.lower()]
+
+
+def job_errors(log_dir: Path, job_id: str, *, limit_bytes: int = 8 << 20) -> dict[str, str]:
+    """attempt -> what the errors log holds for that failed run of the job (its traceback, or the reason)."""
+    found: dict[str, str] = {}
+    for event, text in error_entries(log_dir, limit_bytes=limit_bytes):
+        if event.fields.get("job") == job_id:
+            found.setdefault(event.fields.get("attempt", ""), text.split("\n", 1)[1] if "\n" in text else text)
+    return found
