@@ -10,9 +10,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -55,7 +55,18 @@ DEFAULTS: dict[str, Any] = {"workers": 2, "retry_attempts": 0, "retry_delay_seco
                             "rescan_seconds": 1, "max_job_bytes": 65536, "extra": ""}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, what: str = "") -> Any:
+class Condition(Protocol):
+    """What wait_for polls: called with no arguments, true once the wait is over.
+
+    A Protocol rather than Callable[[], Any]: mypy cannot infer a lambda with a default argument
+    (`lambda job_id=job_id: ...`, the way to bind a loop variable) against a Callable context
+    (python/mypy#15459), while it checks one against this protocol.
+    """
+
+    def __call__(self) -> Any: ...
+
+
+def wait_for(predicate: Condition, timeout: float = 10.0, what: str = "") -> Any:
     deadline = time.monotonic() + timeout
     while not (value := predicate()):
         assert time.monotonic() < deadline, f"not true within {timeout}s: {what or predicate}"

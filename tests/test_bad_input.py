@@ -14,6 +14,7 @@ import stat
 import subprocess
 import time
 from datetime import datetime
+from typing import cast
 
 import pytest
 from conftest import Project, wait_for
@@ -233,7 +234,7 @@ def test_a_directory_named_like_a_job_is_left_where_it_is(project: Project) -> N
 def test_a_drain_over_a_folder_of_every_kind_of_bad_input_rejects_each_and_runs_the_valid_job(
         project: Project) -> None:
     project.configure(settle_seconds=0.3)
-    contents = [p.values[0] for p in BAD_DOCUMENTS]
+    contents = [cast(bytes, p.values[0]) for p in BAD_DOCUMENTS]
     for index, content in enumerate(contents):
         project.drop("medium", f"bad{index}.json", content)
     target = project.root / "outside.json"
@@ -246,7 +247,7 @@ def test_a_drain_over_a_folder_of_every_kind_of_bad_input_rejects_each_and_runs_
     result = project.drain(timeout=30)
     assert result.returncode == 0, result.stdout + result.stderr
     assert project.events("after") == ["started", "success"]
-    for index, (content, fragments) in enumerate(p.values for p in BAD_DOCUMENTS):
+    for index, (content, fragments) in enumerate(cast(tuple[bytes, list[str]], p.values) for p in BAD_DOCUMENTS):
         assert_rejected(project, f"bad{index}", content, fragments)
     assert_rejected(project, "x", None, ["symlink"])
     assert_rejected(project, "y", None, ["FIFO"])

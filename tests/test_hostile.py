@@ -389,7 +389,7 @@ def jobs_importable(project: Project, monkeypatch: pytest.MonkeyPatch) -> Iterat
 def test_resolve_class_finds_a_class_of_the_namespace(project: Project) -> None:
     echo = resolve_class("jobs", "Echo")
     assert echo.__module__ == "jobs" and echo.__name__ == "Echo"
-    assert echo.__module__ in sys.modules and sys.modules["jobs"].__file__.startswith(str(project.root))
+    assert echo.__module__ in sys.modules and str(sys.modules["jobs"].__file__).startswith(str(project.root))
 
 
 @pytest.mark.usefixtures("jobs_importable")
@@ -413,7 +413,7 @@ def test_allowlist_escapes_dropped_as_files_are_rejected_or_fail_as_job_not_foun
     project.configure(settle_seconds=0.3, extra='object = ["handle"]\nException = ["handle"]\nos = ["getcwd"]\n'
                       'sys = ["exit"]')
     sentinel = project.root / "sentinel"
-    rejected = {
+    rejected: dict[str, tuple[dict[str, Any], list[str]]] = {
         "dotted-jobs": ({"class": "jobs.WriteSentinel", "params": [str(sentinel)]}, ["'jobs.WriteSentinel'"]),
         "path": ({"class": "../jobs/WriteSentinel", "params": [str(sentinel)]}, ["'../jobs/WriteSentinel'"]),
         "init": ({"class": "WriteSentinel", "method": "__init__"}, ["private method '__init__'"]),
@@ -421,7 +421,7 @@ def test_allowlist_escapes_dropped_as_files_are_rejected_or_fail_as_job_not_foun
         "globals": ({"class": "WriteSentinel", "method": "handle.__globals__"}, ["'handle.__globals__'"]),
         "chain-escape": ({"class": "Echo", "chain": [{"class": "Echo", "method": "_secret"}]}, ["'_secret'"]),
     }
-    not_found = {"object": {"class": "object"}, "exception": {"class": "Exception"},
+    not_found: dict[str, dict[str, Any]] = {"object": {"class": "object"}, "exception": {"class": "Exception"},
                  "os": {"class": "os", "method": "getcwd"}, "sys": {"class": "sys", "method": "exit", "params": [7]}}
     for job_id, (doc, _) in rejected.items():
         project.drop("high", f"{job_id}.json", doc)
@@ -534,9 +534,9 @@ def test_two_daemons_starting_at_once_requeue_each_orphan_of_a_dead_daemon_exact
                                     encoding="utf-8")
     sentinels = {f"orphan{n}": project.root / f"sentinel{n}" for n in range(5)}
     for job_id, sentinel in sentinels.items():
-        doc = {"id": job_id, "class": "WriteSentinel", "method": "handle", "params": [str(sentinel), job_id],
-               "priority": "medium", "retry_attempts": 1, "status": "ready", "attempts": 0,
-               "created_at": "2026-11-28T19:26:15+00:00"}
+        doc: dict[str, Any] = {"id": job_id, "class": "WriteSentinel", "method": "handle",
+                               "params": [str(sentinel), job_id], "priority": "medium", "retry_attempts": 1,
+                               "status": "ready", "attempts": 0, "created_at": "2026-11-28T19:26:15+00:00"}
         (dead / f"{job_id}.json").write_bytes(dump_job(Job(job_id, doc)))
     first, second = spawn_daemon(project, "--drain"), spawn_daemon(project, "--drain")
     for proc in (first, second):

@@ -76,7 +76,7 @@ class Injector:
             self.spool_fds.discard(fd)
 
     def install(self) -> None:
-        os.open = self.open  # type: ignore[assignment]
+        os.open = self.open
         os.close = self.close
         if self.func not in ("open", "close"):
             setattr(os, self.func, lambda *a, **kw: self.call(self.func, a, kw))
