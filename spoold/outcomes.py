@@ -36,6 +36,7 @@ class Settled:
     log_status: str
     error_type: str | None = None
     detail: str | None = None
+    by: str | None = None  # who caused it, when a person did (a cancel)
 
 
 def iso(moment: float) -> str:

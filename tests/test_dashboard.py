@@ -398,3 +398,17 @@ def test_the_stats_rollup_reads_only_what_was_appended_and_follows_a_rotated_log
     log.rename(tmp_path / "background_jobs.log.1")
     log.write_text(line("success", "e"))
     assert [(c["runs"], c["failures"]) for c in rollup.statistics(3600, now)["classes"]] == [(1, 0)]
+
+
+def test_cancelling_a_running_job_from_the_dashboard_stops_it_and_logs_who_asked(project: Project,
+                                                                                tmp_path: Path) -> None:
+    marker = tmp_path / "sleep.pid"
+    project.start()
+    job_id = project.submit("Sleep", "handle", ["30", str(marker)])
+    wait_for(marker.exists, 15, "the job runs")
+    web = client(project)
+    response = web.post(f"/api/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf_of(web.get("/").text)})
+    assert response.status_code == 200 and response.json() == {"id": job_id, "state": "failed"}
+    assert project.doc("failed", job_id)["error"]["type"] == "Cancelled"
+    [line] = [line for line in project.log_lines() if f" job={job_id} " in line and " status=cancelled" in line]
+    assert " by=dashboard:admin@" in line

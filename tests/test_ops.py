@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import getpass
 import json
 import os
 import signal
@@ -282,7 +283,10 @@ def test_retry_sends_a_failed_job_back_and_it_runs_again_counting_attempts_on(pr
     doc = project.doc("done", job_id)
     assert (doc["attempts"], doc["result"], counter.read_text()) == (2, 2, "2")
     assert [h["outcome"] for h in doc["history"]] == ["failure", "success"]
-    assert project.events(job_id) == ["started", "failure", "started", "success"]
+    assert project.events(job_id) == ["started", "failure", "requeued", "started", "success"]
+    [requeued_line] = [line for line in project.log_lines() if " status=requeued" in line]
+    assert requeued_line.endswith(f" job={job_id} class=FailTimes method=handle attempt=1 status=requeued "
+                                  f"by=cli:{getpass.getuser()}")
     assert copies(project, job_id) == [f"done/{job_id}.json"]
 
 
@@ -360,7 +364,8 @@ def test_cancel_moves_a_ready_job_to_failed_as_cancelled_and_logs_it(project: Pr
     assert assert_cancelled(project, job_id)["attempts"] == 0
     assert project.events(job_id) == ["cancelled"]
     [line] = [line for line in project.log_lines() if f" job={job_id} " in line]
-    assert line.split(" ", 1)[1] == f"job={job_id} class=Echo method=handle attempt=0 status=cancelled"
+    user = getpass.getuser()
+    assert line.split(" ", 1)[1] == f"job={job_id} class=Echo method=handle attempt=0 status=cancelled by=cli:{user}"
     assert project.daemon_folders() == []  # the command's own cli- folder is gone
     assert project.drain().returncode == 0  # Cancelled is final: no daemon runs it
     assert_cancelled(project, job_id)

@@ -72,6 +72,11 @@ TABLE_DOCS: dict[str, tuple[str, tuple[str, ...]]] = {
                  ('ConnectionError = { retry_attempts = 5, retry_delay_seconds = 1, '
                   'retry_backoff = "exponential" }',
                   "ValueError = { retry_attempts = 0 }  # never retried")),
+    "dashboard": ("`spoold dashboard` (pip install 'spoold[dashboard]'): on a loopback host with no token it is "
+                  "open; any other host needs token. $SPOOLD_DASHBOARD_TOKEN and $SPOOLD_DASHBOARD_READ_TOKEN "
+                  "override the tokens.",
+                  ('host = "127.0.0.1"', "port = 8350", 'token = "a long random string"  # admin: may retry and cancel',
+                   'read_token = "another one"        # may only look')),
 }
 TITLE = "# bgjobs.toml: the configuration of spoold. Paths are relative to this file."
 
@@ -101,6 +106,7 @@ def render_default_config(*, allowed_jobs: Mapping[str, Sequence[str]] | None = 
         "allowed_jobs": {name: _names(methods) for name, methods in (allowed_jobs or {}).items()},
         "job_priority": dict(job_priority or {}),
         "retry_on": {},
+        "dashboard": {},
     }
     for name, entries in tables.items():
         comment, examples = TABLE_DOCS[name]

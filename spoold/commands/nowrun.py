@@ -115,8 +115,9 @@ class NowRun:
                 child.kill("Timeout")
             elif self.job.id in cancel_requests(self.node.folder):
                 child.kill("Cancelled")
-        cancel_marker(self.node.folder, self.job.id).unlink(missing_ok=True)
-        return self.runs.settle(self.job, claimed, child, self.config, time.time())
+        finished = self.runs.settle(self.job, claimed, child, self.config, time.time())
+        cancel_marker(self.node.folder, self.job.id).unlink(missing_ok=True)  # one that came too late
+        return finished
 
     def _last_move(self, finished: Finished) -> int:
         """Commit as the daemon does; a spool that refuses it is tried every second (a second signal gives up:

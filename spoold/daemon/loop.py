@@ -347,8 +347,6 @@ class Daemon:
             try:
                 finished = self.runs.settle(running.claim.job, running.claim.path, running.child, self.config, now)
                 self.committer.finish(finished, self.config)  # its slot is free now, whoever writes it
-                if running.child.killed_for == "Cancelled":
-                    cancel_marker(self.node.folder, job_id).unlink(missing_ok=True)
             except Exception:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
 

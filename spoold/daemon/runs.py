@@ -9,6 +9,7 @@ that move is durable is the run's outcome logged (docs/design.md, L1-L5).
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from spoold.config import Config
@@ -17,6 +18,7 @@ from spoold.execution.process import ChildProcess, Launcher, start_child
 from spoold.job import Job
 from spoold.logs import EventLog
 from spoold.outcomes import Settled, begin_run, settle_run
+from spoold.spool.node import cancel_marker, cancelled_by
 
 
 def run_timeout(job: Job, config: Config) -> float:
@@ -43,14 +45,18 @@ class Runs:
         return child
 
     def settle(self, job: Job, claimed: Path, child: ChildProcess, config: Config, now: float) -> Finished:
-        """Once the child has exited: record the run in the document and decide where the job goes."""
+        """Once the child has exited: record the run in the document and decide where the job goes. A cancel
+        is logged with who asked for it, from its marker in our folder (which then goes)."""
         outcome = child.outcome()
         child.cleanup()
         settled = settle_run(job, outcome, config, node=self.node_id, pid=child.pid, now=now)
+        if child.killed_for == "Cancelled":
+            settled = replace(settled, by=cancelled_by(claimed.parent, job.id))
+            cancel_marker(claimed.parent, job.id).unlink(missing_ok=True)
         return Finished(job, claimed, settled, outcome.duration_ms, now)
 
     def log(self, job: Job, settled: Settled, duration_ms: int | None) -> None:
         """After the commit: the run's outcome line (a move without a run, such as a promotion, has none)."""
         if settled.log_status:
             self.events.job_event(settled.log_status, job, duration_ms=duration_ms, error=settled.error_type,
-                                  detail=settled.detail)
+                                  detail=settled.detail, by=settled.by)

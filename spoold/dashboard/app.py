@@ -24,7 +24,7 @@ SECURITY_HEADERS = {
                                "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # with no-referrer, Chromium posts forms with `Origin: null`
     "cache-control": "no-store",
 }
 

@@ -45,6 +45,25 @@ def cancel_marker(folder: Path, job_id: str) -> Path:
     return folder / f".{job_id}{CANCEL_SUFFIX}"
 
 
+def request_cancel(folder: Path, job_id: str, by: str) -> Path:
+    """Leave the marker, whole: written under another name, then renamed, so its reader never sees it empty.
+    FileNotFoundError if the folder is gone (its daemon left)."""
+    marker = cancel_marker(folder, job_id)
+    part = marker.with_name(marker.name + ".part")
+    part.write_text(by[:200], encoding="utf-8")
+    os.replace(part, marker)
+    return marker
+
+
+def cancelled_by(folder: Path, job_id: str) -> str | None:
+    """Who asked for the cancel, as its marker says (None for a marker made by hand, or gone)."""
+    try:
+        text = cancel_marker(folder, job_id).read_text(encoding="utf-8", errors="replace")[:200].strip()
+    except OSError:
+        return None
+    return re.sub(r"[^A-Za-z0-9_.:@\[\]-]", "-", text) or None
+
+
 def is_cancel_marker(name: str) -> bool:
     return name.startswith(".") and name.endswith(CANCEL_SUFFIX)
 

@@ -25,7 +25,7 @@ from spoold.outcomes import iso, ready_folder
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, is_valid_id
 from spoold.spool.fsio import read_bounded
 from spoold.spool.moves import Mover
-from spoold.spool.node import OPERATOR_KIND, Node, cancel_marker, is_alive, open_node
+from spoold.spool.node import OPERATOR_KIND, Node, is_alive, open_node, request_cancel
 from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
 
 CANCEL_POLL_SECONDS = 0.05
@@ -146,6 +146,7 @@ class Operator:
                 return applied
             if applied is not None:
                 job, target = applied
+                self.events.job_event("requeued", job, by=self.by)
                 return Acted(job.id, True, f"{self._where(path)} -> {self._where(target)}")
         return Acted(job_id, False, "it kept moving while we tried to take it; try again")
 
@@ -218,9 +219,8 @@ class Operator:
         if not is_alive(folder):
             return Acted(job_id, False, f"its daemon {folder.name} is not alive; a daemon will requeue the job "
                                         "when it recovers that folder: cancel it then")
-        marker = cancel_marker(folder, job_id)
         try:
-            marker.touch()
+            marker = request_cancel(folder, job_id, self.by)
         except FileNotFoundError:
             return None  # the folder went away with its daemon: look again
         return marker
