@@ -224,33 +224,40 @@ def _convert_table(path: Path, key: str, table: dict[str, Any],
     return result
 
 
-def _retry_rule(value: Any) -> RetryRule:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a table such as {{ retry_attempts = 5 }}, got {value!r}")
-    unknown = sorted(set(value) - set(RETRY_RULE_KEYS))
-    if unknown:
-        raise ValueError(f"unknown key {unknown[0]!r} (allowed: {', '.join(RETRY_RULE_KEYS)})")
-    fields = {}
-    for name, convert in RETRY_RULE_KEYS.items():
-        if name in value:
-            try:
-                fields[name] = convert(value[name])
-            except ValueError as e:
-                raise ValueError(f"{name}: {e}") from e
-    return RetryRule(**fields)
+class _KeyProblem(ValueError):
+    """A bad key inside a small table: which key, and what is wrong with it; str() names both."""
+
+    def __init__(self, key: str, problem: str, *, unknown: bool = False) -> None:
+        super().__init__(f"{problem}" if unknown else f"{key}: {problem}")
+        self.key, self.problem = key, problem
 
 
-def _dashboard(path: Path, table: dict[str, Any]) -> DashboardSettings:
-    unknown = sorted(set(table) - set(DASHBOARD_KEYS))
+def _keys(table: dict[str, Any], converters: Mapping[str, Callable[[Any], Any]]) -> dict[str, Any]:
+    """Each known key of a small table through its converter; _KeyProblem for an unknown or bad one."""
+    unknown = sorted(set(table) - set(converters))
     if unknown:
-        raise ConfigError(path, f"dashboard.{unknown[0]}", f"unknown key (known: {', '.join(DASHBOARD_KEYS)})")
+        raise _KeyProblem(unknown[0], f"unknown key {unknown[0]!r} (allowed: {', '.join(converters)})", unknown=True)
     values = {}
-    for key, convert in DASHBOARD_KEYS.items():
+    for key, convert in converters.items():
         if key in table:
             try:
                 values[key] = convert(table[key])
             except ValueError as e:
-                raise ConfigError(path, f"dashboard.{key}", str(e)) from e
+                raise _KeyProblem(key, str(e)) from e
+    return values
+
+
+def _retry_rule(value: Any) -> RetryRule:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table such as {{ retry_attempts = 5 }}, got {value!r}")
+    return RetryRule(**_keys(value, RETRY_RULE_KEYS))
+
+
+def _dashboard(path: Path, table: dict[str, Any]) -> DashboardSettings:
+    try:
+        values = _keys(table, DASHBOARD_KEYS)
+    except _KeyProblem as e:
+        raise ConfigError(path, f"dashboard.{e.key}", e.problem) from e
     if values.get("token") is not None and values.get("token") == values.get("read_token"):
         raise ConfigError(path, "dashboard.read_token", "must differ from dashboard.token")
     return DashboardSettings(**values)

@@ -21,7 +21,7 @@ KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_del
               "max_execution_time, max_job_bytes, settle_seconds, shutdown_grace_seconds, rescan_seconds, "
               "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, memory_limit_mb, "
               "start_method, isolation, max_jobs_per_worker, "
-              "allowed_jobs, job_priority, retry_on")
+              "allowed_jobs, job_priority, retry_on, dashboard")
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -486,3 +486,15 @@ def test_help_works_from_python_m_and_the_console_script(tmp_path: Path, command
 def test_the_console_script_is_installed_beside_the_interpreter() -> None:
     assert SPOOLD_SCRIPT.is_file() and os.access(SPOOLD_SCRIPT, os.X_OK)
 
+
+
+@pytest.mark.parametrize(("table", "message"), [
+    ('port = 0', "dashboard.port: expected a port number from 1 to 65535, got 0"),
+    ('colour = "red"', "dashboard.colour: unknown key 'colour' (allowed: host, port, token, read_token)"),
+    ('token = ""', "dashboard.token: expected a non-empty string, got ''"),
+    ('token = "same"\nread_token = "same"', "dashboard.read_token: must differ from dashboard.token"),
+])
+def test_a_bad_dashboard_table_names_its_key(project: Project, table: str, message: str) -> None:
+    project.config.write_text(project.config.read_text() + f"\n[dashboard]\n{table}\n")
+    result = project.cli("status", "--config", str(project.config))
+    assert (result.returncode, result.stderr) == (2, f"spoold: {project.config}: {message}\n")
