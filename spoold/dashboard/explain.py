@@ -42,7 +42,7 @@ def _ready_reasons(paths: SpoolPaths, shown: Shown, daemons: list[DaemonView], c
     if ahead:
         reasons.append(f"behind {ahead} ready job(s) of equal or higher priority")
     if not daemons:
-        reasons.append("no live daemon: nothing claims jobs until `spoold start` runs")
+        reasons.append("no live daemon: nothing claims jobs until a daemon starts (spoold start)")
     else:
         busy = sum(d.busy for d in daemons)
         workers = sum(int(d.info.get("workers") or 0) for d in daemons)
@@ -79,7 +79,7 @@ def why_not_running(paths: SpoolPaths, shown: Shown, config: Config, now: float)
             due = now
         reasons = [f"scheduled: due at {run_at} ({_when(due, now)})"] if due > now else []
         if not daemons:
-            reasons.append("no live daemon: nothing moves it to its ready folder until `spoold start` runs")
+            reasons.append("no live daemon: nothing moves it to its ready folder until a daemon starts (spoold start)")
         return reasons or ["due now: a daemon moves it to its ready folder within moments"]
     return _ready_reasons(paths, shown, daemons, config)
 

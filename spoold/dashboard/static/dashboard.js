@@ -25,6 +25,32 @@
     showAge();
     const banner = document.getElementById("no-daemon");
     if (banner) { banner.hidden = status.daemons.length > 0; }
+    showDaemons(status.daemons);
+  }
+
+  // The daemons table, rebuilt from the status with text nodes only (never HTML from the server).
+  function showDaemons(daemons) {
+    const body = document.querySelector("#daemons tbody");
+    if (!body) { return; }
+    const rows = daemons.map((d) => {
+      const row = document.createElement("tr");
+      const cells = [d.id, d.host, d.pid, `${d.busy} / ${d.workers}`, d.started_at];
+      for (const value of cells) {
+        const cell = document.createElement("td");
+        cell.textContent = value === null || value === undefined ? "" : String(value);
+        row.appendChild(cell);
+      }
+      return row;
+    });
+    if (rows.length === 0) {
+      const row = document.createElement("tr");
+      const cell = document.createElement("td");
+      cell.colSpan = 5;
+      cell.textContent = "none alive";
+      row.appendChild(cell);
+      rows.push(row);
+    }
+    body.replaceChildren(...rows);
   }
 
   async function poll() {
