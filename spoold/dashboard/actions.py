@@ -39,8 +39,12 @@ def act(dashboard: Dashboard, job_id: str, action: str, *, by: str) -> Done:
     if action not in ACTIONS:
         raise Refused(404, f"no action {action[:40]!r}: retry or cancel")
     _check(dashboard, job_id, action)
-    with Operator(dashboard.config, by=by) as operator:
-        acted = operator.retry(job_id) if action == "retry" else operator.cancel(job_id, timeout=CANCEL_WAIT_SECONDS)
+    try:
+        with Operator(dashboard.config, by=by) as operator:
+            acted = (operator.retry(job_id) if action == "retry"
+                     else operator.cancel(job_id, timeout=CANCEL_WAIT_SECONDS))
+    except OSError as e:  # e.g. a dashboard user who may only read the spool
+        raise Refused(503, f"cannot write the spool: {e}") from e
     if not acted.ok:
         raise Refused(503 if acted.spool_error else 409, f"{job_id}: {acted.message}")
     shown = show_job(dashboard.paths, acted.job_id)
@@ -68,10 +72,13 @@ def bulk(dashboard: Dashboard, action: str, state: str, filters: Filters, *, exp
     if expect is not None and expect != len(ids):
         raise Refused(409, f"{len(ids)} jobs match now, not the {expect} confirmed: nothing was done; look again")
     skipped: list[str] = []
-    with Operator(dashboard.config, by=by) as operator:
-        for job_id in ids:
-            acted = (operator.retry(job_id) if action == "retry"
-                     else operator.cancel(job_id, timeout=CANCEL_WAIT_SECONDS))
-            if not acted.ok:
-                skipped.append(job_id)
+    try:
+        with Operator(dashboard.config, by=by) as operator:
+            for job_id in ids:
+                acted = (operator.retry(job_id) if action == "retry"
+                         else operator.cancel(job_id, timeout=CANCEL_WAIT_SECONDS))
+                if not acted.ok:
+                    skipped.append(job_id)
+    except OSError as e:
+        raise Refused(503, f"cannot write the spool: {e}") from e
     return Bulk(len(ids), len(ids) - len(skipped), skipped)

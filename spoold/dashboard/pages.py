@@ -84,7 +84,8 @@ def _timeline(dashboard: Dashboard, shown: Shown) -> list[dict[str, Any]]:
             at = str(run.get("finished_at") or run.get("started_at") or "")
             rows.append({"at": at, "ts": _timestamp(at), "kind": "run", "run": run,
                          "traceback": tracebacks.get(str(run.get("attempt"))) if run.get("error_type") else None})
-    for event in job_events(dashboard.log_dir, shown.id):
+    created = _timestamp(str((shown.document or {}).get("created_at") or ""))
+    for event in job_events(dashboard.log_dir, shown.id, since=created - 60 if created else None):
         at = datetime.fromtimestamp(event.at, UTC).isoformat()
         rows.append({"at": at, "ts": event.at, "kind": "log", "event": event.fields})
     return sorted(rows, key=lambda row: (row["ts"], row["kind"] == "run"))

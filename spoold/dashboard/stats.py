@@ -255,14 +255,17 @@ class Rollup:
                 "series": [{"t": t, "success": ok, "failure": bad} for t, (ok, bad) in sorted(series.items())]}
 
 
-def job_events(log_dir: Path, job_id: str, *, limit_bytes: int = 8 << 20) -> list[Event]:
-    """Every line of one job in the event log (the newest `limit_bytes` of it), oldest first."""
+def job_events(log_dir: Path, job_id: str, *, since: float | None = None, limit_bytes: int = 8 << 20) -> list[Event]:
+    """Every line of one job in the event log, oldest first: read back to `since` (the job's creation; no
+    older line can name it), or the newest `limit_bytes` when it is not known."""
     found: list[Event] = []
     read = 0
     needle = f" job={job_id} "
-    for line in lines_backwards(log_dir / EVENTS_LOG):
+    for count, line in enumerate(lines_backwards(log_dir / EVENTS_LOG)):
         read += len(line) + 1
         if read > limit_bytes:
+            break
+        if since is not None and count % 32 == 0 and _older_than(line, since):  # every 32nd line is enough
             break
         if needle in line or f'"job": "{job_id}"' in line:
             event = parse_line(line)
@@ -270,6 +273,13 @@ def job_events(log_dir: Path, job_id: str, *, limit_bytes: int = 8 << 20) -> lis
                 found.append(event)
     found.reverse()
     return found
+
+
+def _older_than(line: str, since: float) -> bool:
+    try:
+        return datetime.fromisoformat(line.partition(" ")[0]).timestamp() < since
+    except ValueError:
+        return False
 
 
 def error_entries(log_dir: Path, *, limit_bytes: int) -> Iterator[tuple[Event, str]]:
