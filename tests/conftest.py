@@ -17,6 +17,7 @@ from typing import Any, Protocol
 import pytest
 
 from spoold import run_background_job
+from spoold.paths import SpoolPaths
 
 HERE = Path(__file__).parent
 REPO = HERE.parent
@@ -137,6 +138,14 @@ class Project:
         return subprocess.run([sys.executable, str(REPO / "run_job.py"), *args, "--config", str(self.config)],
                               cwd=self.root, env=self.env(), capture_output=True, text=True, timeout=timeout)
 
+    def start_run_job(self, *args: str, stderr: int = subprocess.PIPE) -> subprocess.Popen[str]:
+        """`run_job.py ARGS --config F` left running (a `--now` run to signal or cancel); reaped at the end."""
+        proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), *args, "--config", str(self.config)],
+                                cwd=self.root, env=self.env(), stdout=subprocess.PIPE, stderr=stderr, text=True,
+                                start_new_session=True)
+        self.procs.append(proc)
+        return proc
+
     def drain(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         return self.cli("start", "--drain", "--config", str(self.config), *args, timeout=timeout)
 
@@ -176,7 +185,7 @@ class Project:
 
     def events(self, job_id: str) -> list[str]:
         """`status=` values of the job's log lines, in order."""
-        return [part.split("=", 1)[1] for line in self.log_lines() if f" job={job_id} " in line
+        return [part.split("=", 1)[1] for line in job_lines(self, job_id)
                 for part in line.split() if part.startswith("status=")]
 
     def reap(self) -> None:
@@ -187,6 +196,40 @@ class Project:
             proc.wait(timeout=10)
             if proc.stdout:
                 proc.stdout.close()
+            if proc.stderr:
+                proc.stderr.close()
+
+
+# -- helpers several test files share ----------------------------------------------------------------
+
+def job_lines(project: Project, job_id: str, *, errors: bool = False) -> list[str]:
+    """The job's lines in the event log (or the errors log), in order."""
+    return [line for line in project.log_lines(errors) if f" job={job_id} " in line]
+
+
+def settled_events(project: Project, job_id: str, count: int) -> list[str]:
+    """The job's `status=` values once `count` are logged: a running daemon moves the file, then logs."""
+    wait_for(lambda: len(project.events(job_id)) >= count, 5, f"{count} log lines for job {job_id}")
+    return project.events(job_id)
+
+
+def copies(project: Project, job_id: str) -> list[str]:
+    """Every place in the spool holding a file named ID.json (running/ and day shards included), as paths
+    relative to the spool."""
+    return sorted(str(p.relative_to(project.spool)) for p in project.spool.rglob(f"{job_id}.json"))
+
+
+def read_pid(path: Path) -> int:
+    """The pid a job wrote to `path` (Sleep's marker, SpawnGrandchild's pid file), once it is there."""
+    return int(wait_for(lambda: path.exists() and path.read_text().strip(), 10, f"pid in {path}"))
+
+
+@pytest.fixture
+def paths(tmp_path: Path) -> SpoolPaths:
+    """An empty spool with its state folders, for the spool's classes used without a daemon."""
+    spool = SpoolPaths(tmp_path / "spool")
+    spool.create()
+    return spool
 
 
 @pytest.fixture

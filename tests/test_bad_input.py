@@ -359,7 +359,7 @@ def test_a_job_written_by_hand_in_slow_chunks_is_never_rejected_and_runs_once_co
         for chunk in chunks:
             handle.write(chunk)
             handle.flush()
-            time.sleep(0.3)
+            time.sleep(0.3)  # a sleep: the writer's pause between chunks (under settle_seconds) is the test
             assert rejected_ids(project) == [], "a file still being written was rejected"
             assert not sentinel.exists(), "ran before it was complete"
     wait_done(project, "slow")

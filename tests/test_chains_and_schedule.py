@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
+from conftest import Project, copies, settled_events, wait_for
 
 from spoold import SubmitError
 
@@ -24,11 +24,6 @@ def tree(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def copies(project: Project, job_id: str) -> list[str]:
-    """Where files named ID.json are, anywhere in the spool (running/ and day shards included)."""
-    return sorted(str(p.relative_to(project.spool)) for p in project.spool.rglob(f"{job_id}.json"))
-
-
 def promoted_copy(project: Project, job_id: str) -> str | None:
     """The one copy of a job once it has left scheduled/ and our running/ folder for a ready folder."""
     found = copies(project, job_id)
@@ -37,12 +32,6 @@ def promoted_copy(project: Project, job_id: str) -> str | None:
 
 def at(moment: str) -> datetime:
     return datetime.fromisoformat(moment)
-
-
-def settled_events(project: Project, job_id: str, count: int) -> list[str]:
-    """The job's `status=` values once `count` are logged: a running daemon moves the file, then logs."""
-    wait_for(lambda: len(project.events(job_id)) >= count, 5, f"{count} log lines for job {job_id}")
-    return project.events(job_id)
 
 
 def drained(project: Project, *args: str) -> None:
@@ -128,7 +117,7 @@ def test_a_restart_while_a_job_waits_in_scheduled_neither_loses_it_nor_runs_it_e
     first = project.start()
     job_id = project.submit("Echo", "handle", ["patient"], delay=3)
     run_at = at(project.doc("scheduled", job_id)["run_at"])
-    time.sleep(1)
+    time.sleep(1)  # a sleep: the first daemon holds the waiting job a while (nothing on disk shows it), then stops
     code, out = project.stop(first)
     assert code == 0, out
     assert datetime.now(UTC) < run_at

@@ -52,6 +52,11 @@ def _flood(project: Project, stop: threading.Event, marker: Path) -> None:
         time.sleep(0.04)
 
 
+def _ran_during_the_flood(order: list[str]) -> bool:
+    """The low job ran, and high jobs after it: the flood was still on."""
+    return "low" in order and any(name.startswith("high-") for name in order[order.index("low") + 1:])
+
+
 def _run_flood_with_one_old_low_job(project: Project, aging: float) -> list[str]:
     project.configure(workers=1)
     project.set_keys(priority_aging_seconds=aging)
@@ -64,7 +69,11 @@ def _run_flood_with_one_old_low_job(project: Project, aging: float) -> list[str]
     flooder = threading.Thread(target=_flood, args=(project, stop, marker))
     flooder.start()
     try:
-        time.sleep(6)
+        if aging:  # the flood lasts until the aged low job has run in it (6 s at most)
+            wait_for(lambda: marker.exists() and _ran_during_the_flood(marker.read_text().split()), 6,
+                     "the low job run during the flood")
+        else:
+            time.sleep(6)  # a sleep: that the low job does NOT run takes the whole flood to show
     finally:
         stop.set()
         flooder.join()

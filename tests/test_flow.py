@@ -51,7 +51,7 @@ def test_a_rotated_event_log_is_followed_by_a_fresh_file(project: Project) -> No
     wait_for(lambda: project.events(first) == ["started", "success"], 10, "first job logged")
     rotated = project.logs / "background_jobs.log.1"
     (project.logs / "background_jobs.log").rename(rotated)
-    time.sleep(1.2)  # past the daemon's once-a-second look at the name
+    time.sleep(1.2)  # past the daemon's once-a-second look at the name: a sleep, as it looks only when it writes
     second = project.submit("Echo", "handle", ["two"])
     wait_for(lambda: project.events(second) == ["started", "success"], 10, "logged in a fresh background_jobs.log")
     old = rotated.read_text(encoding="utf-8")

@@ -27,13 +27,6 @@ def claimed_jobs(paths: SpoolPaths, ids: list[str]) -> list[tuple[Job, Path, str
     return items
 
 
-@pytest.fixture
-def paths(tmp_path: Path) -> SpoolPaths:
-    spool = SpoolPaths(tmp_path / "spool")
-    spool.create()
-    return spool
-
-
 def test_jobs_finishing_together_share_one_fsync_of_their_folder(paths: SpoolPaths,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     synced: list[str] = []

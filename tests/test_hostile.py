@@ -158,7 +158,7 @@ def test_a_hidden_name_made_of_dots_is_left_alone(project: Project, name: str) -
     project.configure(rescan_seconds=0.2)
     daemon = project.start()
     drop_valid_and_see_it_run(project)
-    time.sleep(0.5)  # a few more rescans: still not touched
+    time.sleep(0.5)  # a few more rescans: still not touched (a sleep: it proves that nothing happens)
     stop_cleanly(project, daemon)
     assert path.read_bytes() == content
     assert not sentinel.exists()

@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import sys
 import time
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Project, process_gone, wait_for
-
-
-def read_pid(path: Path) -> int:
-    return int(wait_for(lambda: path.exists() and path.read_text().strip(), 10, f"pid in {path}"))
-
-
-def job_lines(project: Project, job_id: str, *, errors: bool = False) -> list[str]:
-    return [line for line in project.log_lines(errors) if f" job={job_id} " in line]
-
-
-def settled_events(project: Project, job_id: str, count: int) -> list[str]:
-    """The job's `status=` values once `count` are logged: a running daemon moves the file, then logs."""
-    wait_for(lambda: len(project.events(job_id)) >= count, 5, f"{count} log lines for job {job_id}")
-    return project.events(job_id)
+from conftest import Project, job_lines, process_gone, read_pid, settled_events, wait_for
 
 
 def outcomes(doc: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -288,10 +272,7 @@ def test_run_job_now_with_a_retry_delay_spends_its_budget_and_keeps_every_run_in
 
 def test_run_job_now_between_attempts_keeps_its_running_copy_up_to_date(project: Project) -> None:
     project.configure(retry_attempts=1, retry_delay_seconds=3)
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), "Raise", "handle", "--now",
-                             "--config", str(project.config)], cwd=project.root, env=project.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    project.procs.append(proc)
+    proc = project.start_run_job("Raise", "handle", "--now")
     [claimed] = wait_for(lambda: [p for folder in project.daemon_folders() for p in folder.glob("*.json")
                                   if json.loads(p.read_text()).get("history")], 10, "the first run on disk")
     doc = json.loads(claimed.read_text())
@@ -303,10 +284,7 @@ def test_run_job_now_between_attempts_keeps_its_running_copy_up_to_date(project:
 
 def test_sigterm_during_a_now_run_puts_the_job_back_in_its_ready_folder(project: Project, tmp_path: Path) -> None:
     marker = tmp_path / "sleep.pid"
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), "Sleep", "handle", f"30,{marker}", "--now",
-                             "--config", str(project.config)], cwd=project.root, env=project.env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    project.procs.append(proc)
+    proc = project.start_run_job("Sleep", "handle", f"30,{marker}", "--now")
     wait_for(marker.exists, 15, "the job's child started")
     child = int(marker.read_text())
     code, out = project.stop(proc)

@@ -60,7 +60,7 @@ def test_a_paused_daemon_keeps_its_jobs_and_finishes_them_once_resumed(project: 
     paused.send_signal(signal.SIGSTOP)
     try:
         other = project.start()
-        time.sleep(3)  # several rescans of the other daemon: it must not take the paused one's job
+        time.sleep(3)  # a sleep, for a non-event: in several rescans the other daemon must not take the job
         assert project.names("running") == [f"{job_id}.json"]
         assert not project.has("done", job_id)
     finally:
@@ -80,7 +80,7 @@ def test_a_daemon_whose_claim_was_moved_away_never_writes_the_job_back(project: 
     held = project.spool / "failed" / f"{job_id}.json"
     (folder / f"{job_id}.json").rename(held)  # a person takes it away mid-run
     before = held.read_bytes()
-    time.sleep(2)
+    time.sleep(2)  # a sleep: past the 1 s run, the refused write-back leaves nothing on disk to wait for
     assert not project.has("done", job_id) and held.read_bytes() == before
     assert [name for name in ("high", "medium", "low", "scheduled", "done") if project.has(name, job_id)] == []
     assert project.stop(daemon)[0] == 0

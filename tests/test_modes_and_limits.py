@@ -20,7 +20,7 @@ def test_with_file_events_off_a_job_is_found_by_the_next_rescan(project: Project
     project.configure(rescan_seconds=1)
     project.set_keys(file_events="false")
     daemon = project.start()
-    time.sleep(0.3)  # the first rescan has passed: only the next one can find the job
+    time.sleep(0.3)  # the first rescan has passed: only the next one can find the job (a sleep: no file shows it)
     submitted = time.monotonic()
     job_id = project.submit("Echo", "handle", ["polled"])
     wait_for(lambda: project.has("done", job_id), 5, "found by a rescan")
@@ -87,7 +87,7 @@ def test_a_ready_folder_removed_and_made_again_is_watched_again(project: Project
     low = project.spool / "low"
     shutil.rmtree(low)
     low.mkdir()
-    time.sleep(0.5)
+    time.sleep(0.5)  # a sleep: the watch is renewed in the daemon, with nothing on disk to wait for
     job_id = project.submit("Echo", "handle", ["again"], priority="low")
     wait_for(lambda: project.has("done", job_id), 5, "job in the new low/ ran")
     assert daemon.poll() is None

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, Project, wait_for
+from conftest import Project, copies, read_pid, wait_for
 
 WAITING_MESSAGE = "cancelled by spoold cancel"
 RUNNING_MESSAGE = "cancelled by spoold cancel while it ran"  # written by the daemon that stopped the child
@@ -34,10 +34,6 @@ def op_json(project: Project, *args: str) -> Any:
     return json.loads(done.stdout)
 
 
-def read_pid(path: Path) -> int:
-    return int(wait_for(lambda: path.exists() and path.read_text().strip(), 10, f"pid in {path}"))
-
-
 def kill_quietly(pid: int) -> None:
     """End a job child that outlived its killed daemon (it runs in its own session, so nobody reaps it)."""
     with contextlib.suppress(ProcessLookupError):
@@ -48,11 +44,6 @@ def folder_of_pid(project: Project, pid: int) -> Path:
     [folder] = [f for f in project.daemon_folders()
                 if json.loads((f / ".info").read_text(encoding="utf-8"))["pid"] == pid]
     return folder
-
-
-def copies(project: Project, job_id: str) -> list[str]:
-    """Every place in the spool holding a file named ID.json, as paths relative to the spool."""
-    return sorted(str(p.relative_to(project.spool)) for p in project.spool.rglob(f"{job_id}.json"))
 
 
 def drop_job(project: Project, folder: str, job_id: str, mtime: float, **doc: Any) -> Path:
@@ -528,10 +519,7 @@ def test_stop_signals_the_live_daemon_which_exits_0(project: Project) -> None:
 
 def test_cancel_stops_a_job_run_with_now(project: Project) -> None:
     """`run_job.py --now` has its own locked folder: a cancel marker there stops its child too."""
-    proc = subprocess.Popen([sys.executable, str(REPO / "run_job.py"), "Sleep", "handle", "30", "--now",
-                             "--config", str(project.config)], cwd=project.root, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, text=True)
-    project.procs.append(proc)
+    proc = project.start_run_job("Sleep", "handle", "30", "--now", stderr=subprocess.DEVNULL)
     assert proc.stdout is not None
     job_id = proc.stdout.readline().strip()
     wait_for(lambda: project.names("running") == [f"{job_id}.json"], 10, "running under --now")

@@ -4,20 +4,11 @@ index matches the folders again. Real folders and files; the daemon's use of it 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-import pytest
 from conftest import Project
 
 from spoold.paths import SpoolPaths
 from spoold.spool.ready_index import SCAN_CHUNK, ReadyIndex
-
-
-@pytest.fixture
-def paths(tmp_path: Path) -> SpoolPaths:
-    spool = SpoolPaths(tmp_path / "spool")
-    spool.create()
-    return spool
 
 
 def fill(paths: SpoolPaths, priority: str, count: int) -> list[str]:
