@@ -120,7 +120,8 @@ class Project:
 
     # -- processes -----------------------------------------------------------------------------
     def env(self) -> dict[str, str]:
-        return dict(os.environ, PYTHONUNBUFFERED="1")
+        # XDG_CACHE_HOME: what a dashboard keeps between its runs stays in the test's own folder.
+        return dict(os.environ, PYTHONUNBUFFERED="1", XDG_CACHE_HOME=str(self.root / ".cache"))
 
     def start(self, *args: str) -> subprocess.Popen[str]:
         proc = subprocess.Popen([sys.executable, "-m", "spoold", "start", "--config", str(self.config), *args],

@@ -412,3 +412,44 @@ def test_cancelling_a_running_job_from_the_dashboard_stops_it_and_logs_who_asked
     assert project.doc("failed", job_id)["error"]["type"] == "Cancelled"
     [line] = [line for line in project.log_lines() if f" job={job_id} " in line and " status=cancelled" in line]
     assert " by=dashboard:admin@" in line
+
+
+def test_a_folders_names_come_back_from_the_disk_cache_only_while_its_key_is_unchanged(tmp_path: Path) -> None:
+    from spoold.dashboard.diskcache import DiskCache
+    from spoold.dashboard.listing import PERSIST_FROM, NameCache
+
+    folder = tmp_path / "done"
+    folder.mkdir()
+    ids = [f"20261201-000000-{i:06d}-00000000" for i in range(PERSIST_FROM)]
+    for job_id in ids:
+        (folder / f"{job_id}.json").write_text("{}")
+    os.utime(folder, (time.time() - 10, time.time() - 10))  # older than the racy window
+    disk = DiskCache(tmp_path / "cache")
+    assert NameCache(disk=disk).ids(folder) == ids
+    stamp = os.stat(folder)
+    (folder / "zz-added-by-hand.json").write_text("{}")
+    os.utime(folder, ns=(stamp.st_atime_ns, stamp.st_mtime_ns))  # the same key: the cache is believed
+    if os.stat(folder).st_size == stamp.st_size:
+        assert NameCache(disk=disk).ids(folder) == ids, "an earlier run's list, read instead of the folder"
+    os.utime(folder, (time.time() - 5, time.time() - 5))  # a new key: listed again
+    assert NameCache(disk=disk).ids(folder)[-1] == "zz-added-by-hand"
+
+
+def test_the_stats_rollup_comes_back_from_the_disk_cache_for_the_same_log(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from spoold.dashboard.diskcache import DiskCache
+    from spoold.dashboard.stats import Rollup
+
+    now = time.time()
+    stamp = datetime.fromtimestamp(now - 90, UTC).isoformat()
+    log = tmp_path / "background_jobs.log"
+    log.write_text(f"{stamp} job=a class=Echo method=handle attempt=1 status=success duration_ms=7\n")
+    disk = DiskCache(tmp_path / "cache")
+    first = Rollup(tmp_path, disk).statistics(3600, now)
+    later = Rollup(tmp_path, disk)
+    assert later.offset == log.stat().st_size, "restored: nothing of the log needs reading again"
+    assert later.statistics(3600, now) == first
+    log.rename(tmp_path / "old.log")
+    log.write_text("")
+    assert Rollup(tmp_path, disk).statistics(3600, now)["classes"] == [], "another file: the cache is not used"

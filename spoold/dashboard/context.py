@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 
 from spoold.config import Config
 from spoold.dashboard.access import CSRF_FIELD, CSRF_HEADER, SESSION_COOKIE, Access, Role, cross_site
+from spoold.dashboard.diskcache import DiskCache
 from spoold.dashboard.listing import NameCache
 from spoold.dashboard.stats import Rollup
 from spoold.paths import SpoolPaths
@@ -32,11 +33,13 @@ class Refused(Exception):
 class Dashboard:
     config: Config
     access: Access
-    cache: NameCache = field(default_factory=NameCache)
+    disk: DiskCache = field(default_factory=lambda: DiskCache(None))  # serve.py gives the user's cache folder
+    cache: NameCache = field(init=False)
     rollup: Rollup = field(init=False)
 
     def __post_init__(self) -> None:
-        self.rollup = Rollup(self.config.log_dir)
+        self.cache = NameCache(disk=self.disk)
+        self.rollup = Rollup(self.config.log_dir, self.disk)
 
     @property
     def paths(self) -> SpoolPaths:

@@ -20,12 +20,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from spoold.dashboard.diskcache import DiskCache
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths
 from spoold.spool.views import LIST_FOLDERS, job_entries, read_document, read_reason
 
 SCAN_BUDGET = 5_000
 SCAN_SECONDS = 0.15  # a filter reads documents for at most this long per page, then says how far it got
 MAX_LIMIT = 500
+PERSIST_FROM = 1_000  # folders with fewer names are listed faster than their cache is read
 RACY_SECONDS = 1.0  # a folder changed within the last second may change again within its mtime's tick
 
 
@@ -77,6 +79,7 @@ class NameCache:
 
     folders: dict[Path, _Listed] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    disk: DiskCache = field(default_factory=lambda: DiskCache(None))
 
     def ids(self, folder: Path) -> list[str]:
         try:
@@ -88,7 +91,14 @@ class NameCache:
             listed = self.folders.get(folder)
         if listed is not None and listed.key == key:
             return listed.ids
-        ids = sorted(entry.name[: -len(JOB_SUFFIX)] for entry in job_entries(folder))
+        name = f"names-{folder.name}"
+        saved = self.disk.load(name) if listed is None else None  # a first look: maybe an earlier run's list
+        if isinstance(saved, dict) and saved.get("key") == list(key) and isinstance(saved.get("ids"), list):
+            ids = [str(job_id) for job_id in saved["ids"]]
+        else:
+            ids = sorted(entry.name[: -len(JOB_SUFFIX)] for entry in job_entries(folder))
+            if time.time() - info.st_mtime > RACY_SECONDS and len(ids) >= PERSIST_FROM:
+                self.disk.save(name, {"key": list(key), "ids": ids})
         if time.time() - info.st_mtime > RACY_SECONDS:  # a key younger than that may hide a later change
             with self.lock:
                 self.folders[folder] = _Listed(key, ids)

@@ -10,6 +10,7 @@ from spoold.config import Config
 from spoold.dashboard.access import Access, is_loopback
 from spoold.dashboard.app import create_app
 from spoold.dashboard.context import Dashboard
+from spoold.dashboard.diskcache import DiskCache, cache_folder
 from spoold.errors import ConfigError
 
 TOKEN_ENV = "SPOOLD_DASHBOARD_TOKEN"
@@ -34,7 +35,7 @@ def allowed_hosts(host: str) -> list[str] | None:
 def serve(config: Config, *, host: str | None, port: int | None) -> int:
     host = host or config.dashboard.host
     port = config.dashboard.port if port is None else port
-    dashboard = Dashboard(config, access_for(config, host))
+    dashboard = Dashboard(config, access_for(config, host), disk=DiskCache(cache_folder(config.spool_dir)))
     app = create_app(dashboard, allowed_hosts=allowed_hosts(host))
     mode = "open (loopback, no token)" if dashboard.access.open else "tokens required"
     print(f"spoold dashboard on http://{host}:{port}/ for {config.spool_dir}: {mode}", flush=True)

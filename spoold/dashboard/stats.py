@@ -14,6 +14,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from spoold.dashboard.diskcache import DiskCache
 from spoold.logs import ERRORS_LOG, EVENTS_LOG
 
 CHUNK = 1 << 16
@@ -151,14 +152,42 @@ class Rollup:
     appended since the one before (from its offset), and reaches back into older lines only as far as its
     window needs (a week at most). A log rotated away (another inode, or shorter) is read afresh."""
 
-    def __init__(self, log_dir: Path) -> None:
+    def __init__(self, log_dir: Path, disk: DiskCache | None = None) -> None:
         self.path = log_dir / EVENTS_LOG
+        self.disk = disk or DiskCache(None)
         self.identity: tuple[int, int] | None = None
         self.offset = 0  # the end of what was read
         self.head = 0  # the start of what was read: older lines are read only when a window needs them
         self.loaded_since = 0.0
         self.minutes: dict[int, dict[str, _Minute]] = defaultdict(dict)
         self.lock = threading.Lock()
+        self._restore()
+
+    def _restore(self) -> None:
+        """An earlier run's rollup, if it was made from this very file (its device and inode)."""
+        saved = self.disk.load("rollup")
+        try:
+            identity = (int(saved["identity"][0]), int(saved["identity"][1]))
+            info = os.stat(self.path)
+            if identity != (info.st_dev, info.st_ino) or int(saved["offset"]) > info.st_size:
+                return
+            minutes: dict[int, dict[str, _Minute]] = defaultdict(dict)
+            for minute, cells in saved["minutes"].items():
+                minutes[int(minute)] = {str(name): _Minute(int(ok), int(bad), [int(d) for d in durations])
+                                        for name, (ok, bad, durations) in cells.items()}
+        except (TypeError, KeyError, ValueError, OSError):
+            return
+        self.identity, self.minutes = identity, minutes
+        self.offset, self.head, self.loaded_since = int(saved["offset"]), int(saved["head"]), float(saved["since"])
+
+    def _save(self, *, force: bool) -> None:
+        if self.identity is None:
+            return
+        self.disk.save("rollup", {
+            "identity": list(self.identity), "offset": self.offset, "head": self.head, "since": self.loaded_since,
+            "minutes": {str(minute): {name: [cell.success, cell.failure, cell.durations]
+                                      for name, cell in cells.items()} for minute, cells in self.minutes.items()},
+        }, force=force)
 
     def _add(self, event: Event) -> None:
         outcome = ENDS_A_RUN.get(event.fields.get("status", ""))
@@ -188,11 +217,13 @@ class Rollup:
             self.loaded_since = now
         elif info.st_size > self.offset:
             self._read_appended(info.st_size)
-        if since < self.loaded_since and self.head > 0:
+        reached_back = since < self.loaded_since and self.head > 0
+        if reached_back:
             self._reach_back(since)
         oldest = now - MAX_WINDOW - 60
         for minute in [m for m in self.minutes if m < oldest]:
             del self.minutes[minute]
+        self._save(force=reached_back)  # a reach back is the costly read: keep it at once
 
     def _reach_back(self, since: float) -> None:
         """Read lines before `head`, newest first, down to the first one older than `since`."""
