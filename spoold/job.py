@@ -11,7 +11,7 @@ from enum import StrEnum
 from typing import Any
 
 from spoold.errors import JobRejected
-from spoold.paths import Priority
+from spoold.names import Priority
 
 MAX_DEPTH = 100
 PRIORITIES: tuple[str, ...] = tuple(p.value for p in Priority)  # plain strings: they are quoted in messages

@@ -6,31 +6,10 @@ import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from pathlib import Path
 
-
-class Priority(StrEnum):
-    """A ready folder's name, highest first; also a job's `priority` field."""
-
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-
-
-class Folder(StrEnum):
-    """The sub-folders of a spool (SPEC §2): each is a state of a job."""
-
-    TMP = "tmp"
-    HIGH = "high"
-    MEDIUM = "medium"
-    LOW = "low"
-    SCHEDULED = "scheduled"
-    RUNNING = "running"
-    DONE = "done"
-    FAILED = "failed"
-    REJECTED = "rejected"
-
+from spoold.names import Folder as Folder  # re-exported: the folder names belong to the layout
+from spoold.names import Priority as Priority
 
 READY: tuple[Priority, ...] = tuple(Priority)
 JOB_FOLDERS: tuple[Folder, ...] = tuple(folder for folder in Folder if folder != Folder.TMP)
