@@ -7,17 +7,15 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
+from conftest import Project, free_port, http_ok, wait_for
 from starlette.testclient import TestClient
 
 from spoold.config import load_config
@@ -317,28 +315,13 @@ def test_a_body_over_8_kib_is_refused(project: Project) -> None:
 # -- the command ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_spoold_dashboard_serves_until_interrupted(project: Project) -> None:
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "spoold", "dashboard", "--port", str(port), "--config",
                              str(project.config)], cwd=project.root, env=project.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     project.procs.append(proc)
-
-    def answers() -> bool:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=1) as response:
-                return bool(response.status == 200)
-        except OSError:
-            return False
-
-    wait_for(answers, 15, "the dashboard answers")
+    wait_for(lambda: http_ok(f"http://127.0.0.1:{port}/api/status"), 15, "the dashboard answers")
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=15)
     assert proc.returncode == 0, out

@@ -16,16 +16,14 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Project, wait_for
+from conftest import REPO, Project, free_port, http_ok, wait_for
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
@@ -105,13 +103,6 @@ class Web:
 # -- fixtures -----------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @dataclass
 class Server:
     """A `spoold dashboard` subprocess, and where it listens."""
@@ -123,11 +114,7 @@ class Server:
     def wait_until_it_answers(self) -> str:
         def answers() -> bool:
             assert self.proc.poll() is None, f"spoold dashboard exited {self.proc.returncode}: {self.log.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{self.base}/api/status", timeout=1) as response:
-                    return bool(response.status == 200)
-            except OSError:
-                return False
+            return http_ok(f"{self.base}/api/status")
 
         wait_for(answers, 15, "the dashboard answers")
         return self.base
@@ -138,7 +125,7 @@ def dashboard(project: Project, tmp_path: Path) -> Iterator[Server]:
     """`spoold dashboard` on a free loopback port, open (no token: SPOOLD_DASHBOARD_* are left out of its
     environment). Started first, so that it boots while the spool fills; killed and reaped whatever happens
     (here, and again by the project fixture, which reaps every process it knows)."""
-    port = _free_port()
+    port = free_port()
     env = {key: value for key, value in project.env().items() if not key.startswith("SPOOLD_DASHBOARD_")}
     log = tmp_path / "dashboard.log"
     with log.open("w", encoding="utf-8") as out:
