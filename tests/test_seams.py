@@ -93,3 +93,24 @@ def test_a_large_request_survives_the_line_protocol_whole_however_it_is_cut() ->
         got, rest = split_lines(rest, data[start:start + 65536])
         lines += got
     assert rest == b"" and [json.loads(line) for line in lines] == [request, {"kill": "big-1"}]
+
+
+@pytest.mark.parametrize("holder", ["ours", "another live daemon's"])
+def test_recovery_drops_a_dead_daemons_copy_of_a_job_that_a_live_node_already_claimed_again(
+        spool: tuple[Config, SpoolPaths, Node], holder: str) -> None:
+    """A retry was linked into medium/ just before its daemon died; a daemon claimed that ready copy again
+    before the stale claimed copy was found: the stale copy goes, and no second job is made of it."""
+    config, paths, node = spool
+    mover = Mover(paths)
+    dead = _dead_daemon_with(paths, "retried-1", {"class": "Echo", "attempts": 1})
+    other = open_node(paths, workers=1) if holder != "ours" else node
+    try:
+        (other.folder / "retried-1.json").write_text(json.dumps({"class": "Echo", "attempts": 1}))
+        recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+        assert recovery.recover_dead(config, time.time()) == []
+        assert not dead.exists()
+        assert sorted(p.name for p in paths.running.rglob("*.json")) == ["retried-1.json"]
+    finally:
+        if other is not node:
+            (other.folder / "retried-1.json").unlink()
+            other.close()

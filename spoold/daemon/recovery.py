@@ -76,10 +76,20 @@ class Recovery:
         self.mover.commit(job, path, folder)
         log.info("job=%s put back in %s/ after its operator command died", job.id, folder)
 
+    def _held_elsewhere(self, job_id: str, dead: Path) -> bool:
+        """The id stands in a later state: a state folder, or a live node's running/ folder, ours included
+        (a retry linked into a ready folder just before its daemon died may have been claimed again already,
+        by us or by another daemon, before its stale copy is found here; docs/design.md, P18)."""
+        if self.mover.id_taken(job_id):
+            return True
+        name = job_id + JOB_SUFFIX
+        nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
+        return any(os.path.lexists(node / name) for node in nodes if node != dead)
+
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
         job_id = id_from_name(name)
-        if job_id is not None and self.mover.id_taken(job_id):
+        if job_id is not None and self._held_elsewhere(job_id, folder):
             log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
             path.unlink(missing_ok=True)
             return []
