@@ -75,11 +75,9 @@ class NowRun:
         # One job: a fresh interpreter is quicker than starting a fork server for it.
         self.runs = Runs(node.id, self.scratch, SpawnLauncher(config), self.events)
         self.committer = Committer(self.mover, self._written, lambda: None)
-        self.last: Finished | None = None
 
     def _written(self, item: Finished, target: Path) -> None:
         self.runs.log(item.job, item.settled, item.duration_ms)
-        self.last = item
 
     def run(self) -> int:
         self.scratch.mkdir(parents=True, exist_ok=True)
@@ -94,8 +92,10 @@ class NowRun:
         job = self.job
         while True:
             if self.stop.event.wait(max(0.0, due_time(job.doc, time.time()) - time.time())):
-                waiting = due_time(job.doc, time.time()) > time.time()
-                folder = Folder.SCHEDULED if waiting else ready_folder(job, self.config)
+                folder: str = Folder.SCHEDULED
+                if due_time(job.doc, time.time()) <= time.time():
+                    make_ready(job)  # its wait was over: ready, as a daemon's promotion leaves it
+                    folder = ready_folder(job, self.config)
                 return self._last_move(Finished(job, claimed, Settled(folder, ""), None, time.time()))
             make_ready(job)
             finished = self._run_once(claimed)
