@@ -8,7 +8,7 @@ import threading
 import time
 from pathlib import Path
 
-from conftest import Project, process_gone, wait_for
+from conftest import Project, process_gone, read_pid, wait_for
 
 
 def _age(path: Path, days: float) -> None:
@@ -99,8 +99,7 @@ def test_a_cancel_marker_stops_the_running_child_and_the_job_fails_as_cancelled(
     daemon = project.start()
     marker = project.root / "pid"
     job_id = project.submit("Sleep", "handle", ["30", str(marker)])
-    wait_for(marker.exists, 10, "the child started")
-    pid = int(marker.read_text())
+    pid = read_pid(marker)  # once the child has started
     folder = project.daemon_folders()[0]
     (folder / f".{job_id}.cancel").touch()
     wait_for(lambda: project.has("failed", job_id), 10, "cancelled into failed/")

@@ -285,8 +285,7 @@ def test_run_job_now_between_attempts_keeps_its_running_copy_up_to_date(project:
 def test_sigterm_during_a_now_run_puts_the_job_back_in_its_ready_folder(project: Project, tmp_path: Path) -> None:
     marker = tmp_path / "sleep.pid"
     proc = project.start_run_job("Sleep", "handle", f"30,{marker}", "--now")
-    wait_for(marker.exists, 15, "the job's child started")
-    child = int(marker.read_text())
+    child = read_pid(marker)  # once the job's child has started
     code, out = project.stop(proc)
     assert code == 128 + signal.SIGTERM, out
     job_id = out.splitlines()[0]

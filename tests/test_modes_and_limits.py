@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import Project, process_gone, wait_for
+from conftest import Project, process_gone, read_pid, wait_for
 
 from spoold.spool.node import scratch_folder
 
@@ -66,8 +66,7 @@ def test_when_the_daemon_is_killed_its_running_child_dies_too(project: Project) 
     marker = project.root / "pid"
     daemon = project.start()
     project.submit("Sleep", "handle", ["30", str(marker)])
-    wait_for(marker.exists, 10, "child started")
-    pid = int(marker.read_text())
+    pid = read_pid(marker)  # once the child has started
     [dead] = project.daemon_folders()
     scratch = scratch_folder(dead.name)
     assert scratch.is_dir()

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import Project, process_gone, settled_events, wait_for
+from conftest import Project, process_gone, read_pid, settled_events, wait_for
 
 
 def _parent_name(pid: int) -> str:
@@ -53,8 +53,7 @@ def test_a_killed_fork_server_ends_its_jobs_as_crashed_and_a_new_one_takes_over(
     marker = project.root / "pid"
     daemon = project.start()
     job_id = project.submit("Sleep", "handle", ["30", str(marker)])
-    wait_for(marker.exists, 10, "running")
-    child = int(marker.read_text())
+    child = read_pid(marker)  # once it runs
     server = int(Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()[1])
     assert "spoold.execution.forkserver" in _parent_name(server)
     os.kill(server, 9)
