@@ -263,3 +263,19 @@ def http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except OSError:
         return False
+
+
+HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="alert(1)">']
+
+
+def fill_for_dashboard(project: Project) -> tuple[list[str], list[str], str]:
+    """What the dashboard tests look at: two done, two failed (a RuntimeError "boom" and a ValueError),
+    one rejected file, as a real daemon leaves them (`spoold start --drain`), then a hostile job waiting
+    in low/. Returns (done ids, failed ids, the waiting id)."""
+    done = [project.submit("Echo", "handle", [str(i)]) for i in range(2)]
+    failed = [project.submit("Raise", "handle", ["RuntimeError", "boom"]),
+              project.submit("Raise", "handle", ["ValueError", "bad input"])]
+    project.drop("medium", "broken.json", "{not json")
+    result = project.drain()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return done, failed, project.submit("Echo", "handle", HOSTILE, priority="low")

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, free_port, http_ok, wait_for
+from conftest import Project, fill_for_dashboard, free_port, http_ok, read_pid, wait_for
 from starlette.testclient import TestClient
 
 from spoold.config import load_config
@@ -26,7 +26,6 @@ from spoold.dashboard.context import Dashboard
 from spoold.dashboard.serve import allowed_hosts
 
 ADMIN, READER = "admin-secret-token", "read-only-token"
-HOSTILE = ["<script>alert('x')</script>", '<img src=x onerror="alert(1)">']
 
 
 def client(project: Project, access: Access | None = None) -> TestClient:
@@ -47,13 +46,7 @@ def spool_tree(project: Project) -> list[str]:
 @pytest.fixture
 def filled(project: Project) -> Iterator[dict[str, Any]]:
     """Two done, two failed (one RuntimeError, one ValueError), one hostile job waiting, one rejected file."""
-    done = [project.submit("Echo", "handle", [str(i)]) for i in range(2)]
-    failed = [project.submit("Raise", "handle", ["RuntimeError", "boom"]),
-              project.submit("Raise", "handle", ["ValueError", "bad input"])]
-    project.drop("medium", "broken.json", "{not json")
-    result = project.drain()
-    assert result.returncode == 0, result.stdout + result.stderr
-    waiting = project.submit("Echo", "handle", HOSTILE, priority="low")
+    done, failed, waiting = fill_for_dashboard(project)
     yield {"done": done, "failed": failed, "waiting": waiting}
 
 
@@ -388,12 +381,15 @@ def test_cancelling_a_running_job_from_the_dashboard_stops_it_and_logs_who_asked
     marker = tmp_path / "sleep.pid"
     project.start()
     job_id = project.submit("Sleep", "handle", ["30", str(marker)])
-    wait_for(marker.exists, 15, "the job runs")
+    read_pid(marker)  # the job runs
     web = client(project)
     response = web.post(f"/api/jobs/{job_id}/cancel", headers={"X-CSRF-Token": csrf_of(web.get("/").text)})
     assert response.status_code == 200 and response.json() == {"id": job_id, "state": "failed"}
     assert project.doc("failed", job_id)["error"]["type"] == "Cancelled"
-    [line] = [line for line in project.log_lines() if f" job={job_id} " in line and " status=cancelled" in line]
+    def cancelled_lines() -> list[str]:  # the daemon logs once the job's move is written
+        return [line for line in project.log_lines() if f" job={job_id} " in line and " status=cancelled" in line]
+
+    [line] = wait_for(cancelled_lines, 10, "the daemon's cancelled line")
     assert " by=dashboard:admin@" in line
 
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from conftest import REPO, Project, free_port, http_ok, wait_for
+from conftest import HOSTILE, REPO, Project, fill_for_dashboard, free_port, http_ok, wait_for
 from playwright.sync_api import Browser, ConsoleMessage, Dialog, Page, expect, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
@@ -36,7 +36,6 @@ INSTALL_HINT = (f"the browser tests need Debian's Chromium at {CHROMIUM}: as roo
                 "(.ci/run does it); `playwright install` cannot download browsers here")
 VIEWPORT = {"width": 1200, "height": 800}
 SCREENSHOT_LIMIT = 300 * 1024
-HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="alert(1)">']
 # Records every Content-Security-Policy violation of the page. An init script is injected by the browser
 # itself before the page's own scripts, so the page's CSP does not block it.
 CSP_WATCH = """
@@ -145,13 +144,7 @@ def dashboard(project: Project, tmp_path: Path) -> Iterator[Server]:
 @pytest.fixture
 def filled(project: Project, dashboard: Server) -> Filled:
     """The spool as a real daemon leaves it (`spoold start --drain`), then one job waiting."""
-    done = [project.submit("Echo", "handle", [str(i)]) for i in range(2)]
-    failed = [project.submit("Raise", "handle", ["RuntimeError", "boom"]),
-              project.submit("Raise", "handle", ["ValueError", "bad input"])]
-    project.drop("medium", "broken.json", "{not json")
-    result = project.drain()
-    assert result.returncode == 0, result.stdout + result.stderr
-    return Filled(done, failed, project.submit("Echo", "handle", HOSTILE, priority="low"))
+    return Filled(*fill_for_dashboard(project))
 
 
 @pytest.fixture
