@@ -255,11 +255,15 @@ class Daemon:
         self.next_retention = now + RETENTION_INTERVAL_SECONDS
         apply_retention(self.paths, self.config, now=now)
 
+    @property
+    def claims_held_until(self) -> float:
+        """Nothing is claimed before then: a claim or a child start failed, or the spool refused a result."""
+        return max(self.hold_claims_until, self.committer.refused_until)
+
     def has_free_slot(self, now: float) -> bool:
         """A slot frees when its child exits (its last move may still be in the committer's hands); a
         result the spool could not take keeps its slot until it is written."""
-        held = max(self.hold_claims_until, self.committer.refused_until)
-        return now >= held and len(self.children) + len(self.committer.pending) < self.config.workers
+        return now >= self.claims_held_until and len(self.children) + len(self.committer.pending) < self.config.workers
 
     def start_ready(self, now: float) -> None:
         aging = self.config.priority_aging_seconds
@@ -381,8 +385,8 @@ class Daemon:
             return 0.0
         wake_at = [self.next_rescan, self.next_retention]
         wake_at += [t for t in (self.scheduled.next_due(),) if t is not None]  # promotion needs no free slot
-        if self.has_free_slot(now) or max(self.hold_claims_until, self.committer.refused_until) > now:
-            wake_at += [t for t in (self.index.next_due(), self.hold_claims_until, self.committer.refused_until) if t]
+        if self.has_free_slot(now) or self.claims_held_until > now:
+            wake_at += [t for t in (self.index.next_due(), self.claims_held_until) if t]
         wake_at += [t for t in (self.committer.next_retry(),) if t is not None]
         if self.grace_deadline is not None:
             wake_at.append(self.grace_deadline)

@@ -157,7 +157,7 @@ async def act(dashboard: Dashboard, request: Request) -> Response:
     return RedirectResponse(f"/jobs/{done.id}", status_code=303)
 
 
-async def bulk_confirm(dashboard: Dashboard, request: Request) -> Response:
+def bulk_confirm(dashboard: Dashboard, request: Request) -> Response:
     """The confirmation of a bulk action states how many jobs match now; the post sends that count back."""
     role = dashboard.require(request, Role.ADMIN, time.time())
     query = dict(request.query_params)

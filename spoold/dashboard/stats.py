@@ -27,10 +27,6 @@ class Event:
     at: float
     fields: dict[str, str]
 
-    @property
-    def status(self) -> str:
-        return self.fields.get("status", "")
-
 
 def parse_line(line: str) -> Event | None:
     """A `TIME key=value ...` line (values with spaces are JSON-quoted), or a JSON object line."""
@@ -99,7 +95,7 @@ def lines_backwards_at(path: Path, *, end: int | None = None) -> Iterator[tuple[
             position = start + len(block)
             for line in reversed(lines):
                 position -= len(line) + 1
-                yield max(position + 1, 0) if position >= 0 else 0, line.decode("utf-8", "replace")
+                yield position + 1, line.decode("utf-8", "replace")  # position: the newline before it, or -1
         if rest:
             yield 0, rest.decode("utf-8", "replace")
     finally:
