@@ -68,6 +68,10 @@ class Config:
     start_method: Literal["auto", "forkserver", "spawn"] = "auto"
     isolation: Literal["process", "worker"] = "process"
     max_jobs_per_worker: int = 1000
+    bootstrap: str = ""
+    log_format: Literal["text", "json"] = "text"
+    metrics_port: int = 0
+    metrics_host: str = "127.0.0.1"
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -128,6 +132,22 @@ def _module(value: Any) -> str:
     return value
 
 
+def _entry_point(value: Any) -> str:
+    """"package.module:function", or "" for none (SPEC §10, bootstrap)."""
+    if value == "":
+        return ""
+    module, _, function = value.partition(":") if isinstance(value, str) else ("", "", "")
+    if MODULE_PATTERN.fullmatch(module) is None or NAME_PATTERN.fullmatch(function) is None:
+        raise ValueError(f'expected "package.module:function" (or "" for none), got {value!r}')
+    return str(value)
+
+
+def _port_or_off(value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 65535:
+        raise ValueError(f"expected a port number from 1 to 65535, or 0 for off, got {value!r}")
+    return value
+
+
 def _class_name(name: str, *, public: bool) -> None:
     if NAME_PATTERN.fullmatch(name) is None:
         raise ValueError(f"{name!r} is not a plain class name (letters, digits, _; no dots)")
@@ -174,7 +194,12 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "start_method": _choice("auto", "forkserver", "spawn"),
     "isolation": _choice("process", "worker"),
     "max_jobs_per_worker": _integer(1),
+    "bootstrap": _entry_point,
+    "log_format": _choice("text", "json"),
+    "metrics_port": _port_or_off,
+    "metrics_host": _string,
 }
+
 def _port(value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise ValueError(f"expected a port number from 1 to 65535, got {value!r}")

@@ -20,7 +20,7 @@ SPOOLD_SCRIPT = Path(sys.executable).parent / "spoold"
 KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_delay_seconds, retry_backoff, "
               "max_execution_time, max_job_bytes, settle_seconds, shutdown_grace_seconds, rescan_seconds, "
               "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, memory_limit_mb, "
-              "start_method, isolation, max_jobs_per_worker, "
+              "start_method, isolation, max_jobs_per_worker, bootstrap, log_format, metrics_port, metrics_host, "
               "allowed_jobs, job_priority, retry_on, dashboard")
 
 
@@ -357,6 +357,12 @@ BAD_CONFIGS: list[tuple[str, str, str, str]] = [
      "retry_backoff: expected one of 'fixed', 'exponential', got 'linear'"),
     ("max_execution_time zero", "max_execution_time = 0", "", "max_execution_time: expected a number > 0, got 0"),
     ("settle_seconds negative", "settle_seconds = -1", "", "settle_seconds: expected a number >= 0, got -1"),
+    ("bootstrap without a function", 'bootstrap = "myapp.setup"', "",
+     "bootstrap: expected \"package.module:function\" (or \"\" for none), got 'myapp.setup'"),
+    ("log_format unknown", 'log_format = "xml"', "", "log_format: expected one of 'text', 'json', got 'xml'"),
+    ("metrics_port too big", "metrics_port = 70000", "",
+     "metrics_port: expected a port number from 1 to 65535, or 0 for off, got 70000"),
+    ("metrics_host empty", 'metrics_host = ""', "", "metrics_host: expected a non-empty string, got ''"),
     ("private allowed method", "", 'X = ["_p"]',
      "allowed_jobs.X: method '_p' starts with '_': private methods are never allowed"),
     ("dotted allowed class", "", '"a.b" = ["handle"]',

@@ -57,6 +57,12 @@ COMMENTS: dict[str, str] = {
     "isolation": '"process": a new process per job; "worker": long-lived workers run many jobs each '
                  "(faster, less isolated; POSIX only).",
     "max_jobs_per_worker": 'With isolation = "worker", a worker is replaced after this many jobs.',
+    "bootstrap": '"package.module:function" called once in every process that runs jobs, before its first job '
+                 '(django.setup(), a Flask app context); "": none.',
+    "log_format": '"text": key=value lines; "json": one JSON object per line (the same keys, plus ts).',
+    "metrics_port": "Serve Prometheus metrics at http://metrics_host:PORT/metrics "
+                    "(pip install 'spoold[metrics]'); 0: off.",
+    "metrics_host": "The address the metrics endpoint listens on.",
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.
