@@ -22,7 +22,7 @@ from spoold.daemon.recovery import Recovery
 from spoold.daemon.runs import Runs
 from spoold.daemon.watcher import Waker, Watcher
 from spoold.errors import ConfigError
-from spoold.execution.launchers import make_launcher
+from spoold.execution.launchers import start_launcher
 from spoold.execution.process import ChildProcess, Launcher
 from spoold.job import JobStatus
 from spoold.logs import EventLog
@@ -81,8 +81,7 @@ def open_daemon(config: Config, *, drain: bool = False, workers: int | None = No
     scratch = scratch_folder(node.id)
     try:
         scratch.mkdir(parents=True, exist_ok=True)
-        launcher = make_launcher(config)
-        launcher.warm_up()
+        launcher = start_launcher(config)
     except BaseException:
         node.close()
         raise
@@ -202,7 +201,7 @@ class Daemon:
             log.error("reload refused, keeping the old configuration: %s", e)
             return
         old = self.config
-        fixed = ("spool_dir", "log_dir", "namespace", "start_method", "isolation", "max_jobs_per_worker")
+        fixed = ("spool_dir", "log_dir", "namespace", "start_method", "isolation", "max_jobs_per_worker", "bootstrap")
         changed = [key for key in fixed if getattr(new, key) != getattr(old, key)]
         if changed:
             log.warning("%s: changes need a restart; keeping the running values", ", ".join(changed))

@@ -7,6 +7,7 @@ job arrives as a copy, the outcome leaves as a file the daemon reads once the ch
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from typing import Any, cast
 
 from spoold.allowlist import check_allowed, resolve_class
 from spoold.errors import JobNotFound, JobRejected
+from spoold.execution.preload import bootstrap
 from spoold.execution.protocol import write_all
 
 
@@ -58,6 +60,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     if spec["root"] not in sys.path:  # a reused worker runs many jobs
         sys.path.insert(0, spec["root"])
     class_name, method_name, params = spec["class"], spec["method"], spec["params"]
+    failed = bootstrap(spec.get("bootstrap", ""))  # a no-op where the server or worker ran it already
+    if failed is not None:
+        return {"status": "failure", "error": failed, "mro": ["BootstrapError"]}
     try:
         check_allowed({class_name: spec["allowed_methods"]}, class_name, method_name)
         cls = resolve_class(spec["namespace"], class_name)
@@ -75,6 +80,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         bound = getattr(cls(), method_name)
         prefix = [spec["previous_result"]] if "previous_result" in spec else []  # a chain step (SPEC §5)
         result = bound(*prefix, **params) if isinstance(params, dict) else bound(*prefix, *params)
+        if inspect.iscoroutine(result):  # an `async def` method: run it to completion on a loop of its own
+            import asyncio
+
+            result = asyncio.run(result)
         json.dumps(result, allow_nan=False)  # a result must be JSON: no NaN or Infinity either
     except MemoryError as e:
         if not spec.get("memory_limit_mb"):

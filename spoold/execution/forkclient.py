@@ -19,6 +19,7 @@ from typing import IO, Any
 
 from spoold.config import Config
 from spoold.execution.groups import kill_group
+from spoold.execution.preload import NOTHING_FOUND, PreloadReport
 from spoold.execution.process import ChildProcess
 from spoold.execution.protocol import encode, kill_request, start_request
 
@@ -32,6 +33,7 @@ class ForkServerLauncher:
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
+        self.report: PreloadReport = NOTHING_FOUND  # what the server's preload found (its ready message)
         self.waiting: dict[str, ChildProcess] = {}
         self.exits: dict[str, Callable[[str], None]] = {}
 
@@ -40,8 +42,10 @@ class ForkServerLauncher:
             return self.proc
         self.ready = threading.Event()
         # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
-        proc = subprocess.Popen([sys.executable, "-m", "spoold.execution.forkserver", str(self.config.root),
-                                 self.config.namespace, self.config.isolation, str(self.config.max_jobs_per_worker)],
+        config = self.config
+        proc = subprocess.Popen([sys.executable, "-m", "spoold.execution.forkserver", str(config.root),
+                                 config.namespace, config.isolation, str(config.max_jobs_per_worker),
+                                 config.bootstrap, *config.allowed_jobs],
                                 cwd=self.config.root, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
         self.proc = proc
@@ -53,13 +57,15 @@ class ForkServerLauncher:
         log.info("fork server started: pid=%d", proc.pid)
         return proc
 
-    def warm_up(self) -> None:
-        """Start the server now, so the first job does not pay for it; a failure is retried per job."""
+    def warm_up(self) -> PreloadReport:
+        """Start the server now, so the first job does not pay for it, and return what its preload found;
+        a server that does not start is retried per job."""
         try:
             with self.lock:
                 self._ensure_server()
         except OSError as e:
             log.warning("the fork server did not start (%s); trying again with the first job", e)
+        return self.report
 
     def _send(self, message: dict[str, Any]) -> None:
         proc = self._ensure_server()
@@ -96,6 +102,7 @@ class ForkServerLauncher:
         for line in stream:
             message = json.loads(line)
             if message.get("ready"):
+                self.report = PreloadReport(bootstrap=message.get("bootstrap"), imports=message.get("imports", {}))
                 self.ready.set()
             elif "pid" in message:
                 with self.lock:

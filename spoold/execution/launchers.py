@@ -6,6 +6,7 @@ import logging
 import os
 
 from spoold.config import Config
+from spoold.errors import ConfigError
 from spoold.execution.forkclient import ForkServerLauncher
 from spoold.execution.process import Launcher
 from spoold.execution.spawn import SpawnLauncher
@@ -25,3 +26,19 @@ def make_launcher(config: Config) -> Launcher:
             log.warning('isolation = "worker" needs fork: running a process per job instead')
         return SpawnLauncher(config)
     return ForkServerLauncher(config)
+
+
+def start_launcher(config: Config) -> Launcher:
+    """The launcher, warmed up and checked: a bootstrap that raises is a ConfigError (`spoold start` exits 2
+    before claiming anything); an allowed class that does not import is logged by name, and its jobs fail
+    with that error, while the other classes run."""
+    launcher = make_launcher(config)
+    report = launcher.warm_up()
+    failed = report["bootstrap"]
+    if failed is not None:
+        launcher.close()
+        log.error("%s", failed.get("traceback", "").rstrip())
+        raise ConfigError(config.path, "bootstrap", failed["message"])
+    for class_name, why in sorted(report["imports"].items()):
+        log.error("allowed job %s cannot be imported from %r: %s", class_name, config.namespace, why)
+    return launcher

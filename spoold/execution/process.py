@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from spoold.config import Config
+from spoold.execution.preload import PreloadReport
 from spoold.job import Job
 from spoold.outcomes import Outcome
 
@@ -145,7 +146,9 @@ class Launcher(Protocol):
     def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
                on_exit: Callable[[str], None]) -> None: ...
 
-    def warm_up(self) -> None: ...
+    def warm_up(self) -> PreloadReport:
+        """Get ready for the first job, and say what the bootstrap and the allowed classes' imports did."""
+        ...
 
     def close(self) -> None: ...
 
@@ -159,6 +162,8 @@ def start_child(job: Job, config: Config, stem: Path, on_exit: Callable[[str], N
         "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
         "root": str(config.root), "allowed_methods": list(allowed_methods),
         "result_path": str(child.scratch_file(".result"))}
+    if config.bootstrap:
+        spec["bootstrap"] = config.bootstrap
     if config.memory_limit_mb:
         spec["memory_limit_mb"] = config.memory_limit_mb
     if "previous_result" in job.doc:

@@ -2,9 +2,10 @@
 
 Daemon -> server (its stdin): `{"id", "spec", "out", "env"}` starts a job, `{"kill": ID}` SIGKILLs that
 job's process group if it has not been reaped yet (so a freed pid is never signalled). Server -> daemon
-(its stdout): `{"ready": true}` once, then `{"id", "pid"}` when a child or worker runs the job and
-`{"id", "returncode"}` when it has ended (negative: the signal that killed it). A worker tells the
-server it finished a job with the line `done`. End of the server's stdin ends the server.
+(its stdout): `{"ready": true, "bootstrap", "imports"}` once (preload.py's report), then `{"id", "pid"}`
+when a child or worker runs the job and `{"id", "returncode"}` when it has ended (negative: the signal
+that killed it). A worker tells the server its preload report once (`{"preloaded": ...}`), then that it
+finished a job with the line `done`. End of the server's stdin ends the server.
 
 Stdlib only, and small: the fork server and every job child it forks load this module.
 """
@@ -13,9 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from typing import Any
 
-READY: dict[str, Any] = {"ready": True}
 WORKER_DONE = b"done\n"
 
 
@@ -44,6 +45,15 @@ def started(job_id: str, pid: int) -> dict[str, Any]:
 
 def ended(job_id: str, returncode: int) -> dict[str, Any]:
     return {"id": job_id, "returncode": returncode}
+
+
+def ready(report: Mapping[str, Any]) -> dict[str, Any]:
+    return {"ready": True, **report}
+
+
+def preloaded(report: Mapping[str, Any]) -> bytes:
+    """A worker's first line to the server: its preload report."""
+    return encode({"preloaded": report})
 
 
 def send(message: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ import signal
 from typing import Any
 
 from spoold.execution.groups import kill_group
+from spoold.execution.preload import PreloadReport
 from spoold.execution.protocol import ended, send, split_lines
 
 
@@ -28,8 +29,10 @@ class Server:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C is for the daemon to handle
         self.buffer = b""
 
-    def prepare(self) -> None:
-        """Before the first request: have a child or worker ready."""
+    def prepare(self) -> PreloadReport:
+        """Before the first request: the preload run where it belongs, and a child or worker ready.
+        Returns the preload's report (preload.py), which the server sends the daemon as it becomes ready."""
+        raise NotImplementedError
 
     def start(self, request: dict[str, Any], raw: bytes) -> None:
         """Run the job of `request` (`raw`: the line as the daemon wrote it) and `send` its pid."""
@@ -83,7 +86,7 @@ class Server:
             kill_group(pid)
 
     def serve(self) -> None:
-        self.prepare()
+        """The loop, once prepare() has run."""
         while True:
             readable, _, _ = select.select(self.watched_fds(), [], [])
             self.on_readable(readable)

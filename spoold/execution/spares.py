@@ -17,6 +17,7 @@ from typing import Any
 from spoold.execution.child import execute
 from spoold.execution.child_setup import become_job_child, take_request
 from spoold.execution.groups import kill_group
+from spoold.execution.preload import Preload, PreloadReport
 from spoold.execution.protocol import ended, send, started, write_all
 from spoold.execution.serverloop import Server
 
@@ -51,12 +52,16 @@ class Spare:
 
 
 class SpareServer(Server):
-    def __init__(self) -> None:
+    def __init__(self, *, preload: Preload) -> None:
         super().__init__()
+        self.preload = preload
         self.spare: Spare | None = None
 
-    def prepare(self) -> None:
+    def prepare(self) -> PreloadReport:
+        """The bootstrap and the job modules run here, once: every child forked after inherits them."""
+        report = self.preload.run()
         self.fork_spare()
+        return report
 
     def fork_spare(self) -> None:
         read_end, write_end = os.pipe()

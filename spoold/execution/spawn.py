@@ -8,22 +8,30 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from spoold.config import Config
 from spoold.execution.groups import kill_group
+from spoold.execution.preload import NOTHING_FOUND, PreloadReport
 from spoold.execution.process import ChildProcess
+
+log = logging.getLogger(__name__)
+PRELOAD_TIMEOUT_SECONDS = 60.0
 
 
 class SpawnLauncher:
     """A fresh `python -m spoold.execution.child` per job: portable, and nothing of the daemon is inherited."""
 
     def __init__(self, config: Config) -> None:
+        self.config = config
         self.root = config.root
 
     def launch(self, child: ChildProcess, spec: dict[str, Any], env: dict[str, str],
@@ -42,8 +50,22 @@ class SpawnLauncher:
         threading.Thread(target=_wait, args=(child, proc, on_exit), name=f"wait-{child.job.id}",
                          daemon=True).start()
 
-    def warm_up(self) -> None:
-        pass
+    def warm_up(self) -> PreloadReport:
+        """Every spawned child bootstraps for itself; this checks once, in a child of its own, that the
+        bootstrap and the allowed classes import, so a problem shows at start (one more bootstrap run)."""
+        config = self.config
+        with tempfile.TemporaryDirectory(prefix="spoold-preload-") as scratch:
+            report = Path(scratch) / "report.json"
+            try:
+                subprocess.run([sys.executable, "-m", "spoold.execution.preload", str(report), str(config.root),
+                                config.namespace, config.bootstrap, *config.allowed_jobs],
+                               cwd=self.root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               timeout=PRELOAD_TIMEOUT_SECONDS, check=False)
+                found: PreloadReport = json.loads(report.read_text(encoding="utf-8"))
+            except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+                log.warning("could not check the job classes at start (%s); each job reports its own errors", e)
+                return NOTHING_FOUND
+        return found
 
     def close(self) -> None:
         pass

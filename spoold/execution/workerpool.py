@@ -23,7 +23,8 @@ from typing import Any
 from spoold.execution.child import report, run
 from spoold.execution.child_setup import become_job_child, redirect_output, take_request
 from spoold.execution.groups import kill_group
-from spoold.execution.protocol import WORKER_DONE, ended, send, started, write_all
+from spoold.execution.preload import NOTHING_FOUND, Preload, PreloadReport
+from spoold.execution.protocol import WORKER_DONE, ended, preloaded, send, started, write_all
 from spoold.execution.serverloop import Server
 
 
@@ -37,10 +38,12 @@ class Worker:
     buffer: bytes = b""
 
 
-def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], server: int) -> None:
-    """In the forked worker: become a job child, then run one job per request line. Never returns."""
+def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], server: int, preload: Preload) -> None:
+    """In the forked worker: become a job child, preload (its own bootstrap: nothing it opens is shared with
+    another worker), say so, then run one job per request line. Never returns."""
     try:
         devnull = become_job_child(server, inherited)
+        write_all(replies, preloaded(preload.run()))
         lines = os.fdopen(requests, "rb")
         for _ in range(max_jobs):
             line = lines.readline()
@@ -57,14 +60,27 @@ def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], serv
 
 
 class WorkerServer(Server):
-    def __init__(self, *, max_jobs: int) -> None:
+    def __init__(self, *, max_jobs: int, preload: Preload) -> None:
         super().__init__()
         self.max_jobs = max_jobs
+        self.preload = preload
         self.workers: dict[int, Worker] = {}
 
-    def prepare(self) -> None:
-        """One worker ready before the first job."""
-        self._fork_worker()
+    def prepare(self) -> PreloadReport:
+        """One worker ready before the first job; its preload report is the server's."""
+        worker = self._fork_worker()
+        os.set_blocking(worker.from_worker, True)
+        try:
+            while b"\n" not in worker.buffer and (chunk := os.read(worker.from_worker, 65536)):
+                worker.buffer += chunk
+        finally:
+            os.set_blocking(worker.from_worker, False)
+        line, _, worker.buffer = worker.buffer.partition(b"\n")
+        try:
+            report: PreloadReport = json.loads(line)["preloaded"]
+        except (ValueError, KeyError):  # it died before it could say: its first job will show why
+            report = NOTHING_FOUND
+        return report
 
     def _fork_worker(self) -> Worker:
         to_read, to_write = os.pipe()
@@ -76,7 +92,7 @@ class WorkerServer(Server):
             inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write]
             for worker in self.workers.values():
                 inherited += [worker.to_worker, worker.from_worker]
-            _work(to_read, from_write, self.max_jobs, inherited, server)
+            _work(to_read, from_write, self.max_jobs, inherited, server, self.preload)
         os.close(to_read)
         os.close(from_write)
         os.set_blocking(from_read, False)
@@ -104,7 +120,9 @@ class WorkerServer(Server):
         with contextlib.suppress(BlockingIOError, OSError):
             worker.buffer += os.read(worker.from_worker, 4096)
         while b"\n" in worker.buffer:
-            _, worker.buffer = worker.buffer.split(b"\n", 1)
+            line, worker.buffer = worker.buffer.split(b"\n", 1)
+            if line.startswith(b"{"):  # a new worker's preload report: a later one's failure shows in its jobs
+                continue
             if worker.job_id is not None:
                 send(ended(worker.job_id, 0))
                 worker.job_id = None

@@ -1,0 +1,1 @@
+"""The job namespace of the test Django project."""
