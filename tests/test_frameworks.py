@@ -95,6 +95,31 @@ def test_500_orm_jobs_on_two_workers_write_every_row_with_setup_once_per_process
         assert writers == set(ran)
 
 
+def test_django_jobs_under_spawn_bootstrap_in_each_child(tmp_path: Path) -> None:
+    project = framework_project(tmp_path, "django_site", namespace="notejobs", bootstrap="djsite.jobsetup:setup",
+                                allowed="CreateNote", start_method="spawn", isolation="process")
+    manage(project, "migrate", "--run-syncdb", "--verbosity", "0")
+    manage(project, "enqueue_notes", "8")
+    drained = subprocess.run([sys.executable, "-m", "spoold", "start", "--drain", "--config", str(project.config)],
+                             cwd=project.root, env=django_env(project), capture_output=True, text=True, timeout=100)
+    assert drained.returncode == 0, drained.stderr
+    assert len(project.names("done")) == 8 and project.names("failed") == []
+    with sqlite3.connect(project.root / "db.sqlite3") as db:
+        writers = {pid for (pid,) in db.execute("SELECT pid FROM notes_note")}
+    assert len(setups(project)) == 9 and writers < set(setups(project))  # 8 children and the check at start
+
+
+def test_a_now_run_bootstraps_its_child(project: Project) -> None:
+    write_failing_app(project)
+    project.set_keys(bootstrap='"appsetup:setup"')
+    project.config.write_text(project.config.read_text().replace("[allowed_jobs]",
+                                                                 '[allowed_jobs]\nBootstrapped = ["handle"]'))
+    result = project.run_job("Bootstrapped", "handle", "--now")
+    assert result.returncode == 0, result.stderr
+    assert '"ready": true' in result.stdout
+    assert len(setups(project)) == 1
+
+
 def test_a_fork_server_child_does_not_reuse_a_connection_the_server_opened(tmp_path: Path) -> None:
     """A job module that queries while it is imported leaves a connection open in the fork server; the
     children forget it (they never close the server's) and open their own."""
