@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from spoold import __version__
 from spoold.commands.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
@@ -38,6 +39,7 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="spoold", description="Background jobs as files in a spool folder.")
+    parser.add_argument("--version", action="version", version=f"spoold {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     start = sub.add_parser("start", help="run the daemon in the foreground")
     start.add_argument("--workers", type=int, metavar="N", help="jobs running at once (overrides the config)")

@@ -16,12 +16,15 @@ from typing import TYPE_CHECKING, Any
 from spoold.config import Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE
 from spoold.paths import JOB_FOLDERS as FOLDERS
+from spoold.paths import READY
 from spoold.spool.retention import PURGEABLE
 
 if TYPE_CHECKING:
     from spoold.spool.ops import Acted
 
 EXIT_NOT_ACTED = EXIT_JOB_FAILED  # retry/cancel/show: an id could not be acted on
+EXIT_NO_DAEMON = 1  # status --check: no daemon is alive (SPEC §10)
+EXIT_BACKED_UP = 4  # status --check: the oldest ready job has waited longer than --max-age (SPEC §6, §10)
 DEFAULT_LIMIT = 50
 DEFAULT_CANCEL_TIMEOUT = 10.0
 DEFAULT_STOP_TIMEOUT = 30.0
@@ -40,17 +43,40 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
+def check_status(status: dict[str, Any], max_age: float | None) -> tuple[int, str]:
+    """`status --check`: (exit code, one line) for a monitoring probe. No live daemon (1) wins over a
+    backlog (4): a queue that nobody serves is the thing to fix first."""
+    from spoold.commands.render import age
+
+    daemons = len(status["daemons"])
+    alive = f"{daemons} daemon{'' if daemons == 1 else 's'} alive"
+    oldest: float | None = status["oldest_ready_age_seconds"]
+    ready = sum(status["counts"][str(priority)] for priority in READY)
+    waiting = "no ready job" if oldest is None else (
+        f"{ready} ready job{'' if ready == 1 else 's'}, the oldest waiting {age(oldest)}")
+    if not daemons:
+        return EXIT_NO_DAEMON, f"no daemon alive on {status['spool']}; {waiting}"
+    if max_age is not None and oldest is not None and oldest > max_age:
+        return EXIT_BACKED_UP, f"backed up: {waiting}, over --max-age {max_age:g}s; {alive}"
+    return EXIT_OK, f"ok: {alive}; {waiting}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from spoold.commands.render import render_status
     from spoold.paths import SpoolPaths
     from spoold.spool.views import spool_status
 
+    if args.max_age is not None and not args.check:
+        return _fail(EXIT_USAGE, "status: --max-age needs --check")
     status = spool_status(SpoolPaths(_config(args).spool_dir), time.time())
+    code, message = check_status(status, args.max_age) if args.check else (EXIT_OK, "")
     if args.json:
+        if args.check:  # SPEC §6: more keys may be added
+            status["check"] = {"exit": code, "message": message}
         _print_json(status)
     else:
-        print(render_status(status))
-    return EXIT_OK
+        print(message if args.check else render_status(status))
+    return code
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -161,6 +187,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got {text}")
+    return value
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -173,6 +209,10 @@ def add_operator_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
     """Add the operator subcommands to the `spoold` parser; each gets `--config F` (SPEC §6)."""
     status = sub.add_parser("status", help="live daemons, jobs per folder, the oldest ready job's age")
     status.add_argument("--json", action="store_true", help="one stable JSON object")
+    status.add_argument("--check", action="store_true",
+                        help="for a probe: exit 0 if a daemon is alive, 1 if none is, 4 if backed up (--max-age)")
+    status.add_argument("--max-age", type=_not_negative, metavar="S",
+                        help="with --check: exit 4 when the oldest ready job has waited longer than S seconds")
     list_ = sub.add_parser("list", help="the jobs of one folder, newest first")
     list_.add_argument("folder", metavar="FOLDER", choices=FOLDERS, help=", ".join(FOLDERS))
     list_.add_argument("--limit", type=_count, default=DEFAULT_LIMIT, metavar="N",
