@@ -35,7 +35,8 @@ from spoold.config import Config
 CONTRIB = REPO / "contrib"
 APP = "/srv/app"
 GRACE = 6.0  # the temporary config's shutdown_grace_seconds
-SLEEP = "1.5"  # each job running at the stop: it finishes well within the grace period
+SLEEP = "2.5"  # each job running at the stop: it finishes well within the grace period, and both
+# still run when the second starts, even on a loaded machine
 RELOADED = "configuration reloaded from "
 
 
