@@ -6,6 +6,7 @@ import contextlib
 import getpass
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -196,10 +197,19 @@ def test_list_shows_run_at_for_scheduled_jobs_and_the_reason_for_rejected_files(
 
 
 def shown(project: Project, job_id: str) -> tuple[list[str], dict[str, Any]]:
+    """`show`'s head lines and its document, with the multi-line texts it prints below put back in place."""
     done = op(project, "show", job_id)
     assert done.returncode == 0, done.stderr
     head, body = done.stdout.split("\n\n", 1)
-    return head.splitlines(), json.loads(body)
+    document, end = json.JSONDecoder().raw_decode(body)
+    below = re.split(r"\n\n(error\.traceback|output):\n", body[end:])
+    assert below[0].strip() == "", below[0]
+    for name, text in zip(below[1::2], below[2::2], strict=True):
+        holder = document["error"] if name == "error.traceback" else document
+        key = name.rsplit(".", 1)[-1]
+        assert holder[key].endswith(f" lines, printed below as {name}>"), holder[key]
+        holder[key] = text
+    return head.splitlines(), document
 
 
 def test_show_prints_the_state_and_the_document_wherever_the_job_is(project: Project) -> None:
@@ -314,7 +324,7 @@ def test_retry_exits_1_naming_each_id_it_could_not_act_on_and_still_retries_the_
     assert done.stdout == f"{failing}: failed/ -> medium/\n"
     assert done.stderr.splitlines() == [
         "spoold: missing-id: no such job in the spool",
-        f"spoold: {finished}: it is in done/; only a failed or scheduled job can be retried",
+        f"spoold: {finished}: it is in done/; only a failed, scheduled or rejected job can be retried",
         "spoold: ../etc: not a valid job id",
     ]
     assert project.has("medium", failing) and project.has("done", finished)

@@ -414,8 +414,8 @@ def test_init_writes_a_config_that_start_drain_accepts(tmp_path: Path) -> None:
     app.mkdir()
     result = spoold_cmd("init", cwd=app)
     assert result.returncode == 0, result.stderr
-    assert result.stdout == f"wrote {app / 'bgjobs.toml'}\n"
-    assert sorted(p.name for p in app.iterdir()) == ["bgjobs.toml"]
+    assert result.stdout.splitlines()[0] == f"wrote {app / 'bgjobs.toml'}"
+    assert sorted(p.name for p in app.iterdir()) == ["bgjobs.toml", "services", "spool"]  # tests/test_starter.py
     drained = spoold_cmd("start", "--drain", cwd=app)
     assert drained.returncode == 0, drained.stderr
     assert sorted(p.name for p in (app / "spool").iterdir()) == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -46,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--drain", action="store_true", help="exit once nothing is ready or running")
     _config_option(start)
     add_submit_arguments(sub.add_parser("submit", help="submit a job"))
-    init = sub.add_parser("init", help=f"write a commented default {CONFIG_NAME}")
+    init = sub.add_parser("init", help=f"write a commented default {CONFIG_NAME}, the spool's folders and "
+                                       "an example job (when the job namespace does not exist)")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     _config_option(init)
     allow = sub.add_parser("allow", help="add CLASS and METHODs to [allowed_jobs]")
@@ -136,11 +138,10 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    from spoold.commands.initfile import write_default_config
+    from spoold.commands.starter import init_project
 
-    path = Path(args.config or CONFIG_NAME).absolute()
-    write_default_config(path, force=args.force)
-    print(f"wrote {path}")
+    for line in init_project(Path(args.config or CONFIG_NAME), force=args.force):
+        print(line)
     return EXIT_OK
 
 
@@ -167,9 +168,29 @@ COMMANDS = {"start": cmd_start, "dashboard": cmd_dashboard, "submit": cmd_submit
             "allow": cmd_allow, **OPERATOR_COMMANDS}
 
 
+# A reader that closed stdout early (`spoold list done | head`) ends the command quietly with the status of
+# one killed by SIGPIPE, as `git log | head` and `cat | head` do: the shell ignores it inside a pipeline.
+EXIT_PIPE_CLOSED = 128 + 13
+SERVERS = ("start", "dashboard")  # long-running: a BrokenPipeError there is a bug to see, not a reader gone
+
+
+def _stdout_closed() -> int:
+    """Send what is left of stdout (and the final flush at exit) to the null device: no traceback."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return EXIT_PIPE_CLOSED
+
+
 def dispatch(args: argparse.Namespace) -> int:
     try:
-        return COMMANDS[args.command](args)
+        code = COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader gone shows here, not as "Exception ignored" at exit
+        return code
+    except BrokenPipeError:
+        if args.command in SERVERS:
+            raise
+        return _stdout_closed()
     except (ConfigError, SubmitError) as e:
         return _fail(EXIT_USAGE, str(e))
     except SpoolWriteError as e:

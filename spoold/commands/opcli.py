@@ -105,9 +105,17 @@ def cmd_show(args: argparse.Namespace) -> int:
         _print_json(shown.as_json())
     else:
         sys.stdout.flush()
-        sys.stdout.buffer.write(render_show(shown, terminal=sys.stdout.isatty()))
-        sys.stdout.buffer.flush()
+        write_all(render_show(shown, terminal=sys.stdout.isatty()))
     return EXIT_OK
+
+
+def write_all(data: bytes) -> None:
+    """Bytes to stdout, whole. A buffered write may return short when the reader goes away mid-way (a
+    pipe into `head`): write the rest, so the closed pipe is seen (BrokenPipeError) instead of ignored."""
+    view = memoryview(data)
+    while view:
+        view = view[sys.stdout.buffer.write(view):]
+    sys.stdout.buffer.flush()
 
 
 def report(results: Sequence[Acted]) -> int:

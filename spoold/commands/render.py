@@ -81,6 +81,12 @@ def render_status(status: dict[str, Any]) -> str:
                    right=frozenset({1}))
     oldest = status["oldest_ready_age_seconds"]
     lines.append("oldest ready job  " + ("none" if oldest is None else f"waiting {age(oldest)}"))
+    not_jobs: dict[str, int] = status.get("not_jobs") or {}
+    if not_jobs:
+        total = sum(not_jobs.values())
+        where = ", ".join(f"{name}/ ({count})" for name, count in not_jobs.items())
+        what = "1 file that is not a job" if total == 1 else f"{total} files that are not jobs"
+        lines.append(f"ignored  {what}, in {where}: only NAME.json files run")
     return "\n".join(lines)
 
 
@@ -126,4 +132,30 @@ def render_show(shown: Shown, *, terminal: bool = False) -> bytes:
     if raw:
         body = escape_bytes(shown.raw) if terminal else shown.raw
         return head + body + (b"" if body.endswith(b"\n") else b"\n")
-    return head + (json.dumps(shown.document, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
+    document, blocks = take_out_texts(shown.document or {})
+    pretty = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    pretty += "".join(f"\n{name}:\n{text.rstrip(chr(10))}\n" for name, text in blocks)
+    data = pretty.encode("utf-8", errors="backslashreplace")
+    return head + (escape_bytes(data) if terminal else data)
+
+
+def take_out_texts(document: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """The document with its multi-line texts (`error.traceback`, `output`) replaced by a pointer, and
+    those texts, to be printed as lines after it: a traceback is read as lines, not as one escaped string."""
+    shown = dict(document)
+    blocks: list[tuple[str, str]] = []
+
+    def pointer(name: str, text: str) -> str:
+        blocks.append((name, text))
+        return f"<{len(text.rstrip(chr(10)).splitlines())} lines, printed below as {name}>"
+
+    error = shown.get("error")
+    if isinstance(error, dict) and _multi_line(error.get("traceback")):
+        shown["error"] = {**error, "traceback": pointer("error.traceback", error["traceback"])}
+    if _multi_line(shown.get("output")):
+        shown["output"] = pointer("output", shown["output"])
+    return shown, blocks
+
+
+def _multi_line(value: object) -> bool:
+    return isinstance(value, str) and "\n" in value.strip("\n")

@@ -88,7 +88,7 @@ class Read:
             before.st_ino, before.st_dev, before.st_size, before.st_mtime_ns)
 
 
-def _read_job(config: Config, path: Path, job_id: str) -> Read:
+def read_job(config: Config, path: Path, job_id: str) -> Read:
     """Read and check a job file. JobRejected for what will not change (too large, not readable, invalid);
     other OSErrors (ENOENT, ESTALE, EIO) propagate: they say nothing about the job itself."""
     try:
@@ -135,7 +135,7 @@ class Intake:
         early: Read | None = None
         if settles_at > now:
             try:
-                early = _read_job(config, path, job_id)
+                early = read_job(config, path, job_id)
             except (JobRejected, OSError):
                 return Deferred(settles_at)  # maybe still being written: not run, not rejected
         target = self.node.folder / (job_id + JOB_SUFFIX)
@@ -159,7 +159,7 @@ class Intake:
                        now: float, early: Read | None) -> Claim | Deferred | None:
         """Read the claimed file, unless it is still the very file read just before the claim."""
         try:
-            job = early.job if early is not None and early.still_matches(target) else _read_job(
+            job = early.job if early is not None and early.still_matches(target) else read_job(
                 config, target, job_id).job
         except FileNotFoundError:
             log.warning("job=%s claim %s vanished before it was read (lost claim)", job_id, target)

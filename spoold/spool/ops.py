@@ -7,6 +7,7 @@ Every id gets its own Acted, so one bad id never stops the others.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import signal
@@ -24,6 +25,7 @@ from spoold.logs import EventLog
 from spoold.outcomes import iso, ready_folder
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, is_valid_id
 from spoold.spool.fsio import read_bounded
+from spoold.spool.intake import read_job
 from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, Node, is_alive, open_node, request_cancel
 from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
@@ -31,7 +33,7 @@ from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons
 CANCEL_POLL_SECONDS = 0.05
 CANCELLED_MESSAGE = "cancelled by spoold cancel"
 WAITING = (*READY, Folder.SCHEDULED)
-RETRYABLE = (Folder.FAILED, Folder.SCHEDULED)
+RETRYABLE = (Folder.FAILED, Folder.SCHEDULED, Folder.REJECTED)
 TAKE_TRIES = 3
 
 
@@ -89,32 +91,39 @@ class Operator:
             return None
         return taken
 
-    def rewrite(self, taken: Path, original: Path, edit: Callable[[Job], str]) -> tuple[Job, Path]:
+    def rewrite(self, taken: Path, original: Path, edit: Callable[[Job], str], *,
+                as_dropped: bool = False) -> tuple[Job, Path]:
         """Decode the taken file, let `edit` change it and name its folder, commit it there.
 
+        `as_dropped`: check it as the daemon checks a dropped file (size, allowlist; a file from rejected/).
         A file that is not a valid job goes back unchanged (NotAJob). If the commit fails, the file stays
         in our node folder, and recovery resolves it once we are gone: never a loss, never a duplicate.
         """
+        job_id = taken.name[: -len(JOB_SUFFIX)]
         try:
-            doc = decode_document(read_bounded(taken, READ_LIMIT))
-            validate_document(doc)
+            if as_dropped:
+                doc = read_job(self.config, taken, job_id).job.doc
+            else:
+                doc = decode_document(read_bounded(taken, READ_LIMIT))
+                validate_document(doc)
         except (JobRejected, ValueError, OSError) as e:
             self.mover.write_back(taken, original)
             raise NotAJob(str(e)) from e
-        job = Job(taken.name[: -len(JOB_SUFFIX)], doc)
+        job = Job(job_id, doc)
         folder = edit(job)
         return job, self.mover.commit(job, taken, folder)
 
     def _where(self, path: Path) -> str:
         return str(path.parent.relative_to(self.paths.root)) + "/"
 
-    def _apply(self, job_id: str, path: Path, edit: Callable[[Job], str]) -> tuple[Job, Path] | Acted | None:
+    def _apply(self, job_id: str, path: Path, edit: Callable[[Job], str], *,
+               as_dropped: bool = False) -> tuple[Job, Path] | Acted | None:
         """take + rewrite with every way it can go wrong turned into an Acted; None if the file moved."""
         try:
             taken = self.take(path)
             if taken is None:
                 return None
-            return self.rewrite(taken, path, edit)
+            return self.rewrite(taken, path, edit, as_dropped=as_dropped)
         except NotAJob as e:
             return Acted(job_id, False, f"not a valid job ({e}); left in {self._where(path)}")
         except OSError as e:
@@ -129,8 +138,28 @@ class Operator:
         job.doc.pop("delay_seconds", None)
         return ready_folder(job, self.config)
 
+    def _ready_from_rejected(self, job: Job) -> str:
+        job.doc["status"] = JobStatus.READY.value
+        return ready_folder(job, self.config)
+
+    def _still_rejected(self, job_id: str, path: Path) -> Acted | None:
+        """Intake's checks on a file in rejected/, before it is taken: why it is still not a job, or None."""
+        try:
+            read_job(self.config, path, job_id)
+        except FileNotFoundError:
+            return None  # it moved: the caller looks again
+        except JobRejected as e:
+            return Acted(job_id, False, f"still not a valid job: {e}; left in rejected/")
+        except OSError as e:
+            return Acted(job_id, False, f"cannot read it: {e}; left in rejected/")
+        return None
+
     def retry(self, job_id: str) -> Acted:
-        """failed/ or scheduled/ -> its ready folder, with a fresh retry budget; `attempts` counts on."""
+        """failed/ or scheduled/ -> its ready folder, with a fresh retry budget; `attempts` counts on.
+
+        A file in rejected/ that has been fixed since (a hand-written file rejected while half-written)
+        goes to its ready folder once it passes the daemon's checks; its ID.reason is removed (the logs
+        keep the rejection and the requeue)."""
         if not is_valid_id(job_id):
             return Acted(job_id, False, "not a valid job id")
         for _ in range(TAKE_TRIES):
@@ -139,13 +168,20 @@ class Operator:
                 return Acted(job_id, False, "no such job in the spool")
             state, _daemon = place_of(self.paths, path)
             if state not in RETRYABLE:
-                return Acted(job_id, False, f"it is in {self._where(path)}; only a failed or scheduled job "
-                                            "can be retried")
-            applied = self._apply(job_id, path, self._ready_again)
+                return Acted(job_id, False, f"it is in {self._where(path)}; only a failed, scheduled or rejected "
+                                            "job can be retried")
+            if state == Folder.REJECTED:
+                applied = self._still_rejected(job_id, path) or self._apply(
+                    job_id, path, self._ready_from_rejected, as_dropped=True)
+            else:
+                applied = self._apply(job_id, path, self._ready_again)
             if isinstance(applied, Acted):
                 return applied
             if applied is not None:
                 job, target = applied
+                if state == Folder.REJECTED:
+                    with contextlib.suppress(OSError):
+                        self.paths.reason_file(job_id).unlink(missing_ok=True)
                 self.events.job_event("requeued", job, by=self.by)
                 return Acted(job.id, True, f"{self._where(path)} -> {self._where(target)}")
         return Acted(job_id, False, "it kept moving while we tried to take it; try again")

@@ -94,6 +94,23 @@ def count_jobs(paths: SpoolPaths) -> dict[str, int]:
     return {name: sum(1 for _ in job_entries(paths.folder(name), nested=name in NESTED)) for name in LIST_FOLDERS}
 
 
+def count_not_jobs(paths: SpoolPaths) -> dict[str, int]:
+    """Entries of each ready folder the daemon leaves alone for good (`notes.txt`, `job.json.swp`, a
+    folder), by folder, only where there are some; hidden names (editors' and writers' temp files) are
+    not counted. A person who dropped one sees in `spoold status` why it never runs."""
+    counts: dict[str, int] = {}
+    for priority in READY:
+        try:
+            entries = os.scandir(paths.ready(priority))
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with entries:
+            found = sum(1 for e in entries if not e.name.startswith(".") and (_is_dir(e) or not is_job_name(e.name)))
+        if found:
+            counts[priority.value] = found
+    return counts
+
+
 def oldest_ready_since(paths: SpoolPaths) -> float | None:
     """When the oldest ready job entered its folder (its ctime: a rename sets it), or None."""
     oldest: float | None = None
@@ -116,7 +133,8 @@ def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
 def spool_status(paths: SpoolPaths, now: float) -> dict[str, Any]:
     """The object `spoold status --json` prints; its keys are a contract (SPEC §6), add, never rename."""
     return {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)],
-            "counts": count_jobs(paths), "oldest_ready_age_seconds": oldest_ready_age(paths, now)}
+            "counts": count_jobs(paths), "oldest_ready_age_seconds": oldest_ready_age(paths, now),
+            "not_jobs": count_not_jobs(paths)}
 
 
 def read_document(path: Path) -> dict[str, Any] | None:
