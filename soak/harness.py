@@ -329,10 +329,12 @@ def stop_all(result: Result, project: SoakProject) -> None:
 
 
 def log_statuses(project: SoakProject) -> collections.Counter[str]:
-    """How many event lines of each `status=` the daemons wrote (SPEC §8)."""
+    """How many event lines of each status the daemons wrote (SPEC §8), in either log format."""
+    from spoold.logs import parse_event_line
+
     counter: collections.Counter[str] = collections.Counter()
     for line in project.log_lines():
-        for part in line.split():
-            if part.startswith("status="):
-                counter[part[len("status="):]] += 1
+        event = parse_event_line(line)
+        if event is not None and "status" in event.fields:
+            counter[event.fields["status"]] += 1
     return counter

@@ -200,6 +200,21 @@ def test_retry_from_the_api_moves_the_file_and_logs_who_did_it(project: Project,
     assert web.post(f"/api/jobs/{job_id}/explode", headers={"X-CSRF-Token": token}).status_code == 404
 
 
+def test_every_dashboard_action_logs_one_line_naming_the_dashboard_role_and_client(project: Project,
+                                                                                  filled: dict[str, Any]) -> None:
+    web = client(project)
+    token = csrf_of(web.get("/").text)
+    retried = filled["failed"][0]
+    assert web.post(f"/api/jobs/{retried}/retry", headers={"X-CSRF-Token": token}).status_code == 200
+    bulk = web.post("/api/bulk", json={"action": "cancel", "state": "low", "expect": 1},
+                    headers={"X-CSRF-Token": token})
+    assert bulk.status_code == 200 and bulk.json()["acted"] == 1
+    acted = [line.split(" ", 1)[1] for line in project.log_lines() if " by=" in line]
+    assert acted == [
+        f"job={retried} class=Raise method=handle attempt=1 status=requeued by=dashboard:admin@testclient",
+        f"job={filled['waiting']} class=Echo method=handle attempt=0 status=cancelled by=dashboard:admin@testclient"]
+
+
 def test_cancel_from_a_page_form_files_the_job_as_cancelled(project: Project, filled: dict[str, Any]) -> None:
     web = client(project)
     job_id = filled["waiting"]

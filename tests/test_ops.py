@@ -512,6 +512,48 @@ def test_purge_refuses_a_bad_duration_or_folder_with_exit_2(project: Project, ar
     assert keep.exists()
 
 
+def test_purge_logs_one_purged_line_per_removed_job_with_who_did_it(project: Project) -> None:
+    now = time.time()
+    for job_id, age in (("old1", 10 * DAY), ("old2", 9 * DAY), ("new", DAY)):
+        drop_job(project, "done", job_id, now - age)
+    assert op(project, "purge", "done", "--older-than", "7d").returncode == 0
+    user = getpass.getuser()
+    assert sorted(line.split(" ", 1)[1] for line in project.log_lines()) == [
+        f"job=old1 status=purged folder=done by=cli:{user}", f"job=old2 status=purged folder=done by=cli:{user}"]
+    assert project.log_lines(errors=True) == []
+    assert op(project, "purge", "done", "--older-than", "7d").returncode == 0
+    assert len(project.log_lines()) == 2, "nothing removed, nothing logged"
+
+
+def test_in_a_json_log_each_operator_action_is_one_object_naming_who_did_it(project: Project,
+                                                                            tmp_path: Path) -> None:
+    project.set_keys(log_format='"json"')
+    user = f"cli:{getpass.getuser()}"
+    failed = project.submit("Raise", "handle", ["RuntimeError", "boom"])
+    assert project.drain().returncode == 0
+    assert op(project, "retry", failed).returncode == 0
+    assert op(project, "cancel", failed).returncode == 0  # waiting in medium/ again
+    drop_job(project, "done", "ancient", time.time() - 30 * DAY)
+    assert op(project, "purge", "done", "--older-than", "7d").returncode == 0
+    marker = tmp_path / "sleep.pid"
+    daemon = project.start()
+    running = project.submit("Sleep", "handle", ["30", str(marker)])
+    read_pid(marker)
+    assert op(project, "cancel", running).returncode == 0
+    wait_for(lambda: f'"job": "{running}"' in project.log_lines()[-1], 10, "the daemon's cancelled line")
+    project.stop(daemon)
+
+    entries = [json.loads(line) for line in project.log_lines()]
+    acted = [{k: v for k, v in e.items() if k != "ts"} for e in entries if "by" in e]
+    assert acted[:3] == [
+        {"job": failed, "class": "Raise", "method": "handle", "attempt": 1, "status": "requeued", "by": user},
+        {"job": failed, "class": "Raise", "method": "handle", "attempt": 1, "status": "cancelled", "by": user},
+        {"job": "ancient", "status": "purged", "folder": "done", "by": user}]
+    [stopped] = acted[3:]
+    assert (stopped["job"], stopped["status"], stopped["error"], stopped["by"]) == (running, "cancelled", "Cancelled",
+                                                                                  user)
+
+
 # -- stop -------------------------------------------------------------------------------------------------
 
 

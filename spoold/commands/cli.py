@@ -9,13 +9,18 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from spoold import __version__
 from spoold.commands.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
 from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
 from spoold.paths import JOB_SUFFIX, Folder, Priority, SpoolPaths
+
+if TYPE_CHECKING:
+    from spoold.daemon.metrics import Metrics
 
 WAIT_POLL_SECONDS = 0.05
 
@@ -45,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     start = sub.add_parser("start", help="run the daemon in the foreground")
     start.add_argument("--workers", type=int, metavar="N", help="jobs running at once (overrides the config)")
     start.add_argument("--drain", action="store_true", help="exit once nothing is ready or running")
+    start.add_argument("--metrics-port", type=int, metavar="N",
+                       help="serve Prometheus metrics on port N, 0 for none (overrides metrics_port)")
     _config_option(start)
     add_submit_arguments(sub.add_parser("submit", help="submit a job"))
     init = sub.add_parser("init", help=f"write a commented default {CONFIG_NAME}, the spool's folders and "
@@ -129,12 +136,34 @@ def cmd_start(args: argparse.Namespace) -> int:
     config: Config = load_config(find_config(args.config))
     if args.workers is not None and args.workers < 1:
         raise ConfigError(None, "--workers", f"expected an integer >= 1, got {args.workers}")
+    metrics = _open_metrics(config, args.metrics_port)  # before joining the spool: exit 2 if it cannot serve
     signals = Signals()
     signals.install()
     try:
-        return open_daemon(config, drain=args.drain, workers=args.workers, signals=signals).run()
+        daemon = open_daemon(config, drain=args.drain, workers=args.workers, signals=signals)
+        if metrics is not None:
+            metrics.attach(daemon)
+        return daemon.run()
     except OSError as e:
         raise SpoolWriteError(f"cannot use the spool {config.spool_dir}: {e}") from e
+    finally:
+        if metrics is not None:
+            metrics.close()
+
+
+def _open_metrics(config: Config, port: int | None) -> Metrics | None:
+    """The endpoint of SPEC §10 when a port is set (--metrics-port wins over the file), else None."""
+    key = "metrics_port"
+    if port is not None:
+        if not 0 <= port <= 65535:
+            raise ConfigError(None, "--metrics-port", f"expected a port number from 1 to 65535, or 0 for off, "
+                                                      f"got {port}")
+        config, key = replace(config, metrics_port=port), "--metrics-port"
+    if not config.metrics_port:
+        return None
+    from spoold.daemon.metrics import open_metrics
+
+    return open_metrics(config, key=key)
 
 
 def cmd_init(args: argparse.Namespace) -> int:

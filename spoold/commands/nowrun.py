@@ -70,7 +70,7 @@ class NowRun:
         self.config, self.job, self.node, self.stop = config, job, node, stop
         paths = SpoolPaths(config.spool_dir)
         self.mover = Mover(paths, durable=config.durability == "fsync")
-        self.events = EventLog(config.log_dir)
+        self.events = EventLog(config.log_dir, log_format=config.log_format)
         self.scratch = scratch_folder(node.id)
         # One job: a fresh interpreter is quicker than starting a fork server for it.
         self.runs = Runs(node.id, self.scratch, SpawnLauncher(config), self.events)

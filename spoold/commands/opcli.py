@@ -152,14 +152,15 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_purge(args: argparse.Namespace) -> int:
-    from spoold.paths import SpoolPaths
-    from spoold.spool.retention import parse_duration, purge_folder
+    from spoold.spool.ops import Operator
+    from spoold.spool.retention import parse_duration
 
     try:
         seconds = parse_duration(args.older_than)
     except ValueError as e:
         return _fail(EXIT_USAGE, f"--older-than: {e}")
-    removed = purge_folder(SpoolPaths(_config(args).spool_dir), args.folder, seconds, now=time.time())
+    with Operator(_config(args)) as operator:  # each removed job is logged `status=purged by=cli:USER`
+        removed = operator.purge(args.folder, seconds, now=time.time())
     print(f"removed {removed} job{'' if removed == 1 else 's'} from {args.folder}/ older than {args.older_than}")
     return EXIT_OK
 

@@ -98,7 +98,7 @@ class Daemon:
         self.launcher = launcher
         self.paths = SpoolPaths(config.spool_dir)
         self.scratch = scratch_folder(node.id)
-        self.events = EventLog(config.log_dir)
+        self.events = EventLog(config.log_dir, log_format=config.log_format)
         self.mover = Mover(self.paths, durable=config.durability == "fsync")
         self.waker = Waker()
         self.committer = Committer(self.mover, self.written, self.waker.wake)
@@ -210,6 +210,7 @@ class Daemon:
             new = replace(new, workers=self.workers_override)  # --workers wins over the file, as at start
         self.config = new
         self.committer.set_durable(new.durability == "fsync")
+        self.events.log_format = new.log_format  # the next line is written the new way
         log.info("configuration reloaded from %s", new.path)
 
     def rescan(self, now: float) -> None:

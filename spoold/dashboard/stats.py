@@ -4,7 +4,6 @@ from their end backwards, as far as a question needs, or (the statistics) from w
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from collections import defaultdict
@@ -15,64 +14,26 @@ from pathlib import Path
 from typing import Any
 
 from spoold.dashboard.diskcache import DiskCache
-from spoold.logs import ERRORS_LOG, EVENTS_LOG
+from spoold.logs import (
+    ERRORS_LOG,
+    EVENTS_LOG,
+    REASON_KEY,
+    TRACEBACK_KEY,
+    LoggedEvent,
+    line_time,
+    parse_event_line,
+    status_needles,
+    text_line,
+)
 
 CHUNK = 1 << 16
 MIN_WINDOW, MAX_WINDOW, DEFAULT_WINDOW = 60, 604800, 3600
 ENDS_A_RUN = {"success": "success", "retrying": "failure", "failure": "failure", "recovered": "failure"}
+_RUN_END_NEEDLES = status_needles(*ENDS_A_RUN)
 
 
-@dataclass(frozen=True)
-class Event:
-    at: float
-    fields: dict[str, str]
-
-
-def parse_line(line: str) -> Event | None:
-    """A `TIME key=value ...` line (values with spaces are JSON-quoted), or a JSON object line."""
-    line = line.strip()
-    if not line:
-        return None
-    if line.startswith("{"):
-        return _parse_json_line(line)
-    stamp, _, rest = line.partition(" ")
-    try:
-        at = datetime.fromisoformat(stamp).timestamp()
-    except ValueError:
-        return None
-    return Event(at, dict(_pairs(rest)))
-
-
-def _parse_json_line(line: str) -> Event | None:
-    try:
-        value = json.loads(line)
-        at = datetime.fromisoformat(str(value.pop("ts"))).timestamp()
-    except (ValueError, KeyError, AttributeError, TypeError):
-        return None
-    return Event(at, {str(k): str(v) for k, v in value.items()})
-
-
-def _pairs(text: str) -> Iterator[tuple[str, str]]:
-    decoder = json.JSONDecoder()
-    i = 0
-    while i < len(text):
-        key_end = text.find("=", i)
-        if key_end < 0:
-            return
-        key = text[i:key_end].strip()
-        i = key_end + 1
-        if text.startswith('"', i):
-            try:
-                value, i = decoder.raw_decode(text, i)
-            except ValueError:
-                return
-        else:
-            end = text.find(" ", i)
-            end = len(text) if end < 0 else end
-            value, i = text[i:end], end
-        yield key, str(value)
-        while i < len(text) and text[i] == " ":
-            i += 1
+Event = LoggedEvent
+parse_line = parse_event_line  # both formats of SPEC §8, and a log that switched between them
 
 
 def lines_backwards_at(path: Path, *, end: int | None = None) -> Iterator[tuple[int, str]]:
@@ -121,7 +82,7 @@ def bucket_seconds(window: int) -> int:
 def fast_fields(line: str) -> Event | None:
     """parse_line for the common line with no quoted value: a split instead of a decoder (the log may
     have hundreds of thousands of lines in a week)."""
-    if '"' in line or line.startswith("{"):
+    if '"' in line:  # a quoted value, or a JSON line
         return parse_line(line)
     stamp, _, rest = line.rstrip("\n").partition(" ")
     try:
@@ -140,7 +101,7 @@ class _Minute:
 
 def _ends_a_run(line: str) -> bool:
     """A cheap look before parsing: only these lines count (half of the log is `started` lines)."""
-    return any(f"status={status}" in line for status in ENDS_A_RUN)
+    return any(needle in line for needle in _RUN_END_NEEDLES)
 
 
 class Rollup:
@@ -287,26 +248,24 @@ def job_events(log_dir: Path, job_id: str, *, since: float | None = None, limit_
     older line can name it), or the newest `limit_bytes` when it is not known."""
     found: list[Event] = []
     read = 0
-    needle = f" job={job_id} "
+    needles = (f" job={job_id} ", f'"job": "{job_id}"')
     for count, line in enumerate(lines_backwards(log_dir / EVENTS_LOG)):
         read += len(line) + 1
         if read > limit_bytes:
             break
         if since is not None and count % 32 == 0 and _older_than(line, since):  # every 32nd line is enough
             break
-        if needle in line or f'"job": "{job_id}"' in line:
+        if any(needle in line for needle in needles):
             event = parse_line(line)
-            if event is not None:
+            if event is not None and event.fields.get("job") == job_id:
                 found.append(event)
     found.reverse()
     return found
 
 
 def _older_than(line: str, since: float) -> bool:
-    try:
-        return datetime.fromisoformat(line.partition(" ")[0]).timestamp() < since
-    except ValueError:
-        return False
+    at = line_time(line)
+    return at is not None and at < since
 
 
 def error_entries(log_dir: Path, *, limit_bytes: int) -> Iterator[tuple[Event, str]]:
@@ -318,11 +277,28 @@ def error_entries(log_dir: Path, *, limit_bytes: int) -> Iterator[tuple[Event, s
         read += len(line) + 1
         if read > limit_bytes:
             return
+        if line.startswith("{"):  # a JSON entry is one line, its traceback or reason inside
+            event = parse_line(line)
+            if event is not None:
+                yield _text_entry(event, line)
+                continue
         current.append(line)
-        event = parse_line(line) if " status=" in line or line.startswith("{") else None
+        event = parse_line(line) if " status=" in line else None
         if event is not None:
             yield event, "\n".join(reversed(current)).rstrip()
             current = []
+
+
+def _text_entry(event: Event, line: str) -> tuple[Event, str]:
+    """A JSON entry shown as the text form shows it: the line, then its traceback or reason."""
+    fields = dict(event.fields)
+    detail = fields.pop(TRACEBACK_KEY, None)
+    if detail is None and fields.get("status") != "rejected":
+        detail = fields.pop(REASON_KEY, None)
+    stamp = line[len('{"ts": "'):].partition('"')[0] if line.startswith('{"ts": "') else ""
+    shown = text_line(stamp or datetime.fromtimestamp(event.at).astimezone().isoformat(), fields)
+    detail = detail if detail is not None else fields.get(REASON_KEY)
+    return Event(event.at, fields), (shown + ("\n" + detail if detail else "")).rstrip()
 
 
 def error_tail(log_dir: Path, *, query: str | None, limit_bytes: int = 256 << 10) -> list[str]:

@@ -1,4 +1,4 @@
-"""State changes an operator asks for: `spoold retry`, `cancel` and `stop` (SPEC §6).
+"""State changes an operator asks for: `spoold retry`, `cancel`, `purge` and `stop` (SPEC §6).
 
 A file is first taken by one atomic rename into a short-lived `cli.` node folder of our own, so no
 daemon can claim it while we rewrite it; if we die holding it, recovery puts it back by its status.
@@ -28,6 +28,7 @@ from spoold.spool.fsio import read_bounded
 from spoold.spool.intake import read_job
 from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, Node, is_alive, open_node, request_cancel
+from spoold.spool.retention import purge_folder
 from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
 
 CANCEL_POLL_SECONDS = 0.05
@@ -62,7 +63,7 @@ class Operator:
         self.by = by or f"cli:{_user()}"  # who acts, in each log line (SPEC §8)
         self.paths = SpoolPaths(config.spool_dir)
         self.mover = Mover(self.paths)
-        self.events = EventLog(config.log_dir)
+        self.events = EventLog(config.log_dir, log_format=config.log_format)
         self._node: Node | None = None
 
     def __enter__(self) -> Operator:
@@ -260,6 +261,15 @@ class Operator:
         except FileNotFoundError:
             return None  # the folder went away with its daemon: look again
         return marker
+
+    # -- purge ---------------------------------------------------------------------------------------
+
+    def purge(self, folder: str, older_than_seconds: float, *, now: float) -> int:
+        """`spoold purge`: delete the finished jobs of `folder` older than that, one `purged` line each."""
+        def logged(job_id: str) -> None:
+            self.events.event("purged", job=job_id, folder=folder, by=self.by)
+
+        return purge_folder(self.paths, folder, older_than_seconds, now=now, on_removed=logged)
 
 
 # -- stop ---------------------------------------------------------------------------------------------

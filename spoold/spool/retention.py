@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import stat
+from collections.abc import Callable
 
 from spoold.config import Config
 from spoold.paths import JOB_SUFFIX, REASON_SUFFIX, Folder, SpoolPaths, is_job_name
@@ -29,10 +30,12 @@ def parse_duration(text: str) -> float:
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
-def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, now: float) -> int:
+def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, now: float,
+                 on_removed: Callable[[str], None] | None = None) -> int:
     """Delete the job files of `folder` last written before now - older_than; returns how many.
 
-    In rejected/, a job file goes with its ID.reason.
+    In rejected/, a job file goes with its ID.reason. `on_removed` is told each removed job's id (`spoold
+    purge` logs a line for it).
     """
     if folder not in PURGEABLE:
         raise ValueError(f"can only purge {', '.join(PURGEABLE)}, not {folder!r}")
@@ -56,6 +59,8 @@ def purge_folder(paths: SpoolPaths, folder: str, older_than_seconds: float, *, n
                 log.warning("cannot remove %s: %s", entry.path, e)
                 continue
             removed += 1
+            if on_removed is not None:
+                on_removed(entry.name[: -len(JOB_SUFFIX)])
             if folder == Folder.REJECTED:
                 reason = entry.name[: -len(JOB_SUFFIX)] + REASON_SUFFIX
                 with contextlib.suppress(FileNotFoundError):
