@@ -63,3 +63,14 @@ bench-child: $(STAMP)
 .PHONY: bench-dashboard
 bench-dashboard: $(STAMP)
 	$(BIN)/python bench/dashboard_speed.py
+
+# make bench-submit: a batch of 1,000 jobs through run_background_jobs() against 1,000 run_background_job()
+# calls, with durability "fsync" and "fast", on fresh spools under $TMPDIR (bench/submit_batch.py).
+.PHONY: bench-submit
+bench-submit: $(STAMP)
+	$(BIN)/python bench/submit_batch.py 1000 7
+
+# make bench-wait: how soon wait_for_job() returns after its job lands in done/ (bench/wait_latency.py).
+.PHONY: bench-wait
+bench-wait: $(STAMP)
+	$(BIN)/python bench/wait_latency.py 200

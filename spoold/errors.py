@@ -37,6 +37,29 @@ class SpoolWriteError(SpooldError):
     """Raised when the spool cannot be written (disk full, permissions, I/O error)."""
 
 
+class BatchWriteError(SpoolWriteError):
+    """Raised when run_background_jobs() could not write every job of a checked batch; `written` holds the
+    ids of those that are in the spool anyway (empty when it failed before any was moved in)."""
+
+    def __init__(self, message: str, written: list[str]) -> None:
+        super().__init__(message)
+        self.written = written
+
+    def __reduce__(self) -> tuple[type[BatchWriteError], tuple[str, list[str]]]:
+        return BatchWriteError, (str(self), self.written)
+
+
+class UnknownJob(SpooldError, LookupError):
+    """Raised when wait_for_job() finds no job with this id in any folder of the spool."""
+
+    def __init__(self, job_id: str, spool: Path) -> None:
+        super().__init__(f"no job {job_id} in the spool {spool}")
+        self.job_id, self.spool = job_id, spool
+
+    def __reduce__(self) -> tuple[type[UnknownJob], tuple[str, Path]]:
+        return UnknownJob, (self.job_id, self.spool)
+
+
 class JobNotFound(JobRejected):
     """Raised in a job's child when an allowed class or method does not exist in the job namespace."""
 

@@ -7,7 +7,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -16,13 +15,20 @@ from typing import TYPE_CHECKING
 from spoold import __version__
 from spoold.commands.opcli import OPERATOR_COMMANDS, add_operator_commands
 from spoold.config import CONFIG_NAME, Config, find_config, load_config
-from spoold.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_SPOOL, EXIT_USAGE, ConfigError, SpoolWriteError, SubmitError
-from spoold.paths import JOB_SUFFIX, Folder, Priority, SpoolPaths
+from spoold.errors import (
+    EXIT_JOB_FAILED,
+    EXIT_OK,
+    EXIT_SPOOL,
+    EXIT_USAGE,
+    ConfigError,
+    SpoolWriteError,
+    SubmitError,
+    UnknownJob,
+)
+from spoold.paths import Folder, Priority
 
 if TYPE_CHECKING:
     from spoold.daemon.metrics import Metrics
-
-WAIT_POLL_SECONDS = 0.05
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -81,18 +87,19 @@ def _fail(code: int, message: str) -> int:
     return code
 
 
-def wait_for(paths: SpoolPaths, job_id: str) -> int:
-    """Block until the job is in done/ (print its result) or failed/ (exit 1)."""
-    name = job_id + JOB_SUFFIX
-    while True:
-        for folder, code in ((Folder.DONE, EXIT_OK), (Folder.FAILED, EXIT_JOB_FAILED), (Folder.REJECTED, EXIT_USAGE)):
-            path = paths.folder(folder) / name
-            try:
-                doc = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError):
-                continue
-            return report(doc, code)
-        time.sleep(WAIT_POLL_SECONDS)
+def wait_for(config: Config, job_id: str) -> int:
+    """Block until the job is in done/ (print its result), failed/ (exit 1) or rejected/ (exit 2)."""
+    from spoold.spool.lookup import JobFailed
+    from spoold.spool.waiting import wait_in
+
+    try:
+        result = wait_in(config, job_id)
+    except JobFailed as e:
+        code = EXIT_USAGE if e.job.state == Folder.REJECTED else EXIT_JOB_FAILED
+        return report({**e.job.doc, "id": e.job.id}, code)
+    except UnknownJob as e:  # removed by hand (or purged) before it finished
+        return _fail(EXIT_JOB_FAILED, str(e))
+    return report({"result": result}, EXIT_OK)
 
 
 def report(doc: dict[str, object], code: int) -> int:
@@ -126,7 +133,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     print(submitted.job_id)
     print(submitted.path, flush=True)
     if args.wait:
-        return wait_for(SpoolPaths(config.spool_dir), submitted.job_id)
+        return wait_for(config, submitted.job_id)
     return EXIT_OK
 
 

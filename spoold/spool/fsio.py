@@ -155,12 +155,12 @@ def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable:
     return results
 
 
-def read_bounded(path: Path, limit: int) -> bytes:
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
     """Read a regular file without following a symlink or blocking on a FIFO; ValueError past `limit`."""
     return read_bounded_stat(path, limit)[0]
 
 
-def read_bounded_stat(path: Path, limit: int) -> tuple[bytes, os.stat_result]:
+def read_bounded_stat(path: str | os.PathLike[str], limit: int) -> tuple[bytes, os.stat_result]:
     """read_bounded, plus the file's fstat taken before reading it."""
     flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
     fd = os.open(path, flags)

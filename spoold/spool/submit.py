@@ -6,7 +6,9 @@ Imports neither the job's code nor watchdog, so a web request pays only for a sm
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,7 +18,7 @@ from typing import Any
 from spoold.allowlist import check_allowed
 from spoold.config import Config, find_config, load_config
 from spoold.errors import JobRejected, SpoolWriteError, SubmitError
-from spoold.job import PRIORITIES, Job, JobStatus, dump_job, validate_document
+from spoold.job import MAX_DEPTH, PRIORITIES, Job, JobStatus, dump_job, validate_document
 from spoold.paths import Folder, SpoolPaths, new_job_id
 from spoold.spool.fsio import publish
 
@@ -36,8 +38,73 @@ def parse_cli_params(text: str | None) -> list[Any] | dict[str, Any]:
     return text.split(",")
 
 
+# A lone surrogate (from "\ud800" or a bad decode) has no UTF-8 form; the daemon would reject the file.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _place(parent: str, key: str) -> str:
+    """`params`, `chain[0].params`, `params[1].name`, `params[0]["odd key"]`: where a value is, as messages say it."""
+    if key.isidentifier():
+        return f"{parent}.{key}" if parent else key
+    return f"{parent}[{json.dumps(key, ensure_ascii=False)}]"
+
+
+def _scalar_problem(value: Any, place: str) -> str | None:
+    """What is wrong with a value that is not a container, or None if JSON holds it as it is."""
+    if isinstance(value, str):
+        if _SURROGATE.search(value):
+            return f"{place}: a string holds a lone surrogate ({ascii(value)[:60]}), which UTF-8 cannot encode"
+        return None
+    if value is None or isinstance(value, bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{place}: {value!r} is not JSON (numbers must be finite)"
+    return f"{place}: {type(value).__name__} is not JSON (expected None, bool, int, float, str, list, tuple or dict)"
+
+
+def _key_problem(key: Any, place: str) -> str | None:
+    if not isinstance(key, str):
+        return f"{place or 'the job'}: key {key!r} is not a string (JSON object keys are strings)"
+    if _SURROGATE.search(key):
+        return f"{place or 'the job'}: key {ascii(key)[:60]} holds a lone surrogate"
+    return None
+
+
+def not_json(doc: dict[str, Any]) -> str | None:
+    """The first value (in document order) that JSON cannot hold, named by its place, or None.
+
+    json.dumps would raise TypeError for a set or an object and turn a key 1 into "1" silently; a
+    submitter says which value is wrong instead (issue 11).
+    """
+    stack: list[tuple[Any, str, int]] = [(doc, "", 1)]
+    while stack:
+        value, place, depth = stack.pop()
+        if not isinstance(value, list | tuple | dict):
+            problem = _scalar_problem(value, place)
+            if problem is not None:
+                return problem
+            continue
+        if depth > MAX_DEPTH:  # a container holding itself ends here too
+            return f"{place}: nesting deeper than {MAX_DEPTH} levels"
+        if isinstance(value, dict):
+            for key in value:
+                if (problem := _key_problem(key, place)) is not None:
+                    return problem
+            children = [(child, _place(place, key), depth + 1) for key, child in value.items()]
+        else:
+            children = [(child, f"{place}[{index}]", depth + 1) for index, child in enumerate(value)]
+        stack.extend(reversed(children))
+    return None
+
+
 def check_job(config: Config, doc: dict[str, Any]) -> None:
-    """Everything the daemon would reject, refused up front: schema, allowlist, chain steps, size."""
+    """Everything the daemon would reject, refused up front: schema, JSON, allowlist, chain steps.
+
+    The size is checked once the document is encoded (encode_job).
+    """
+    problem = not_json(doc)
+    if problem is not None:
+        raise SubmitError(problem)
     try:
         validate_document(doc)
         check_allowed(config.allowed_jobs, doc["class"], doc.get("method", "handle"))
@@ -45,6 +112,12 @@ def check_job(config: Config, doc: dict[str, Any]) -> None:
             check_allowed(config.allowed_jobs, step["class"], step.get("method", "handle"))
     except JobRejected as e:
         raise SubmitError(f"{e} (config: {config.path})") from e
+
+
+def check_delay(delay: Any) -> None:
+    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float)
+                              or not math.isfinite(delay) or delay < 0):
+        raise SubmitError(f"delay: expected a number of seconds >= 0, got {delay!r}")
 
 
 @dataclass(frozen=True)
@@ -59,8 +132,9 @@ def build_job(config: Config, class_name: str, method: str, params: Any, *, prio
     if priority is not None and priority not in PRIORITIES:
         raise SubmitError(f"priority: expected one of {', '.join(PRIORITIES)}, got {priority!r}")
     job_id = new_job_id(now)
-    doc: dict[str, Any] = {"id": job_id, "class": class_name, "method": method,
-                           "params": [] if params is None else params,
+    if params is None or isinstance(params, tuple):  # a tuple is a JSON array like a list
+        params = list(params or ())
+    doc: dict[str, Any] = {"id": job_id, "class": class_name, "method": method, "params": params,
                            "priority": priority or config.priority_of(class_name)}
     if chain:
         doc["chain"] = [dict(step) for step in chain]
@@ -76,11 +150,17 @@ def build_job(config: Config, class_name: str, method: str, params: Any, *, prio
     return Job(job_id, doc), folder
 
 
-def write_job(config: Config, job: Job, folder: str) -> Path:
-    """tmp/ + fsync + no-replace move: a reader never sees half a file; SpoolWriteError if it cannot."""
+def encode_job(config: Config, job: Job) -> bytes:
+    """The bytes of a checked job; SubmitError if they exceed max_job_bytes."""
     data = dump_job(job)
     if len(data) > config.max_job_bytes:
         raise SubmitError(f"job is too large: {len(data)} bytes > max_job_bytes {config.max_job_bytes}")
+    return data
+
+
+def write_job(config: Config, job: Job, folder: str) -> Path:
+    """tmp/ + fsync + no-replace move: a reader never sees half a file; SpoolWriteError if it cannot."""
+    data = encode_job(config, job)
     paths = SpoolPaths(config.spool_dir)
     target = paths.job_file(folder, job.id)
     durable = config.durability == "fsync"
@@ -100,8 +180,7 @@ def submit(config: Config, class_name: str, method: str = "handle", params: Any 
            priority: str | None = None, delay: float | None = None,
            chain: Sequence[dict[str, Any]] | None = None) -> Submitted:
     """Check and write one job; the one code path behind the API, run_job.py and `spoold submit`."""
-    if delay is not None and (isinstance(delay, bool) or not isinstance(delay, int | float) or delay < 0):
-        raise SubmitError(f"delay: expected a number of seconds >= 0, got {delay!r}")
+    check_delay(delay)
     job, folder = build_job(config, class_name, method, params, priority=priority, delay=delay,
                             chain=chain, now=datetime.now(UTC))
     return Submitted(job.id, write_job(config, job, folder))
