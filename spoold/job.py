@@ -123,7 +123,9 @@ def decode_document(data: bytes) -> dict[str, Any]:
         value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
                            parse_float=_finite)
     except json.JSONDecodeError as e:
-        raise JobRejected(f"bad JSON: {e.msg} at line {e.lineno} column {e.colno}") from e
+        # Some of json's messages end in "at" already ("Unterminated string starting at").
+        where = "" if e.msg.endswith(" at") else " at"
+        raise JobRejected(f"bad JSON: {e.msg}{where} line {e.lineno} column {e.colno}") from e
     except RecursionError as e:
         raise JobRejected(f"nesting deeper than {MAX_DEPTH} levels") from e
     except ValueError as e:  # an integer longer than Python's int-to-str limit (4300 digits)

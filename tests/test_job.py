@@ -9,6 +9,7 @@ from spoold.job import parse_job
 
 CASES = [
     (b"{oops", "bad JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    (b'{"class": "Echo', "bad JSON: Unterminated string starting at line 1 column 11"),
     (b"[1, 2]", "not a JSON object (got array)"),
     (b'{"class": "A", "class": "B"}', "duplicate key 'class'"),
     (b"\xff{}", "not UTF-8: invalid byte at offset 0"),
