@@ -17,6 +17,7 @@ from spoold.errors import JobRejected
 from spoold.job import decode_document
 from spoold.paths import JOB_FOLDERS, JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name, is_valid_id
 from spoold.spool.fsio import read_bounded
+from spoold.spool.lookup import find_job_info
 from spoold.spool.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 
 LIST_FOLDERS: tuple[str, ...] = tuple(folder.value for folder in JOB_FOLDERS)  # plain strings: argparse quotes them
@@ -240,9 +241,10 @@ def show_job(paths: SpoolPaths, job_id: str) -> Shown | None:
     if not is_valid_id(job_id):
         return None
     for _ in range(FIND_TRIES):
-        path = paths.find_job(job_id)
-        if path is None:
+        found = find_job_info(paths, job_id)  # "not found" only after a look in which no folder changed
+        if found is None:
             return None
+        path = found.path
         reason: str | None = None
         try:
             raw = read_bounded(path, READ_LIMIT)
