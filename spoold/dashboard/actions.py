@@ -8,12 +8,12 @@ from dataclasses import dataclass
 from spoold.dashboard.context import Dashboard, Refused
 from spoold.dashboard.listing import Filters, matching
 from spoold.paths import READY, Folder
-from spoold.spool.ops import RETRYABLE, Operator
+from spoold.spool.ops import RETRYABLE as RETRYABLE  # the operator commands' own; pages.py reads it here
+from spoold.spool.ops import Operator
 from spoold.spool.views import show_job
 
 CANCEL_WAIT_SECONDS = 10.0
 BULK_CAP = 10_000
-# RETRYABLE is the operator commands' own (failed/, scheduled/, and rejected/ once the file parses).
 CANCELLABLE = (*READY, Folder.SCHEDULED, Folder.RUNNING)
 ACTIONS = ("retry", "cancel")
 
