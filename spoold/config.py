@@ -72,6 +72,8 @@ class Config:
     log_format: Literal["text", "json"] = "text"
     metrics_port: int = 0
     metrics_host: str = "127.0.0.1"
+    heartbeat_seconds: float = 5.0
+    lease_seconds: float = 30.0
     allowed_jobs: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
@@ -198,6 +200,8 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "log_format": _choice("text", "json"),
     "metrics_port": _port_or_off,
     "metrics_host": _string,
+    "heartbeat_seconds": _number(0, inclusive=False),
+    "lease_seconds": _number(0, inclusive=False),
 }
 
 def _port(value: Any) -> int:
@@ -300,6 +304,10 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
                 values[key] = convert(raw[key])
             except ValueError as e:
                 raise ConfigError(path, key, str(e)) from e
+    heartbeat, lease = values.get("heartbeat_seconds", 5.0), values.get("lease_seconds", 30.0)
+    if lease < 3 * heartbeat:  # a daemon fences itself 2 heartbeats before its lease ends (docs/design.md, H4)
+        raise ConfigError(path, "lease_seconds", f"expected at least 3 x heartbeat_seconds ({3 * heartbeat:g}), "
+                          f"got {lease:g}")
     root = path.parent
     values["spool_dir"] = (root / values.get("spool_dir", "spool")).absolute()
     values["log_dir"] = (root / values.get("log_dir", "storage/logs")).absolute()

@@ -21,6 +21,7 @@ KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_del
               "max_execution_time, max_job_bytes, settle_seconds, shutdown_grace_seconds, rescan_seconds, "
               "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, memory_limit_mb, "
               "start_method, isolation, max_jobs_per_worker, bootstrap, log_format, metrics_port, metrics_host, "
+              "heartbeat_seconds, lease_seconds, "
               "allowed_jobs, job_priority, retry_on, dashboard")
 
 
@@ -362,6 +363,8 @@ BAD_CONFIGS: list[tuple[str, str, str, str]] = [
     ("log_format unknown", 'log_format = "xml"', "", "log_format: expected one of 'text', 'json', got 'xml'"),
     ("metrics_port too big", "metrics_port = 70000", "",
      "metrics_port: expected a port number from 1 to 65535, or 0 for off, got 70000"),
+    ("lease shorter than 3 heartbeats", "heartbeat_seconds = 5\nlease_seconds = 12", "",
+     "lease_seconds: expected at least 3 x heartbeat_seconds (15), got 12"),
     ("metrics_host empty", 'metrics_host = ""', "", "metrics_host: expected a non-empty string, got ''"),
     ("private allowed method", "", 'X = ["_p"]',
      "allowed_jobs.X: method '_p' starts with '_': private methods are never allowed"),

@@ -63,6 +63,9 @@ COMMENTS: dict[str, str] = {
     "metrics_port": "Serve Prometheus metrics at http://metrics_host:PORT/metrics "
                     "(pip install 'spoold[metrics]'); 0: off.",
     "metrics_host": "The address the metrics endpoint listens on.",
+    "heartbeat_seconds": "Seconds between renewals of this daemon's lease (running/DAEMON/.heartbeat).",
+    "lease_seconds": "A daemon of another host whose heartbeat was not seen to change for this long is dead, and "
+                     "its jobs are taken over; one that cannot renew stops its jobs before then (several hosts).",
 }
 
 # Each table: the comment above its header, and the commented-out examples written while it is empty.
