@@ -1,0 +1,145 @@
+"""The facts about GlusterFS that spoold relies on across hosts (SHARED-FS-NOTES §2), probed through two mounts.
+
+If these fail, the multi-host tests built on them mean nothing: the rig itself is broken, or the
+volume options (tests/sharedfs.py) no longer give what the design assumes.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from filelock import FileLock, Timeout
+
+pytest_plugins = ["sharedfs"]
+
+
+def _create(path: Path, data: bytes = b"{}") -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def test_a_rename_race_between_two_mounts_has_exactly_one_winner(shared_dir: list[Path]) -> None:
+    a, b = shared_dir[:2]
+    (a / "ready").mkdir()
+    (a / "hostA").mkdir()
+    (a / "hostB").mkdir()
+    races = 40
+    outcomes: list[tuple[str, str]] = []
+    for n in range(races):
+        _create(a / "ready" / f"{n}.json")
+        os.listdir(b / "ready")  # B has seen it: both movers know the name
+        start = threading.Barrier(2)
+        results: dict[str, str] = {}
+
+        def move(mount: Path, host: str, n: int = n, start: threading.Barrier = start,
+                 results: dict[str, str] = results) -> None:
+            start.wait()
+            try:
+                os.rename(mount / "ready" / f"{n}.json", mount / host / f"{n}.json")
+                results[host] = "won"
+            except OSError as e:
+                results[host] = errno.errorcode.get(e.errno or 0, str(e))
+
+        threads = [threading.Thread(target=move, args=(mount, host)) for mount, host in ((a, "hostA"), (b, "hostB"))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        outcomes.append((results["hostA"], results["hostB"]))
+    assert all(sorted(o) == ["ENOENT", "won"] for o in outcomes), outcomes
+    for mount in (a, b):  # one copy of each, where its winner put it, seen the same way through both mounts
+        placed = sorted(os.listdir(mount / "hostA") + os.listdir(mount / "hostB"))
+        assert placed == sorted(f"{n}.json" for n in range(races))
+        assert os.listdir(mount / "ready") == []
+
+
+HOLD = """
+import sys, time
+from filelock import FileLock
+lock = FileLock(sys.argv[1])
+lock.acquire()
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_filelock_taken_through_one_mount_is_held_through_the_other_and_freed_when_its_holder_dies(
+        shared_dir: list[Path]) -> None:
+    a, b = shared_dir[:2]
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(a / "daemon.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(Timeout):
+            FileLock(b / "daemon.lock").acquire(timeout=0.2)
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=10)
+        died = time.monotonic()
+        other = FileLock(b / "daemon.lock")
+        other.acquire(timeout=5)
+        freed_after = time.monotonic() - died
+        other.release()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+        if holder.stdout:
+            holder.stdout.close()
+    assert freed_after < 2, f"the dead holder's lock was free through B only after {freed_after:.2f}s"
+
+
+def test_a_file_created_through_one_mount_shows_in_the_others_listing_within_milliseconds(
+        shared_dir: list[Path]) -> None:
+    a, b = shared_dir[:2]
+    delays = []
+    for n in range(20):
+        _create(a / f"{n}.json")
+        made = time.monotonic()
+        wait_for(lambda n=n: f"{n}.json" in os.listdir(b), 2, f"{n}.json listed through B")
+        delays.append(time.monotonic() - made)
+    assert statistics.median(delays) < 0.05 and max(delays) < 0.5, delays
+
+
+IN_CREATE, IN_MOVED_TO, IN_CLOSE_WRITE, IN_NONBLOCK = 0x100, 0x80, 0x8, 0o4000
+
+
+def _inotify_events(fd: int, wait: float) -> int:
+    """Bytes of events read within `wait` seconds (0: the kernel reported nothing)."""
+    got = 0
+    deadline = time.monotonic() + wait
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([fd], [], [], left)[0]:
+            got += len(os.read(fd, 65536))
+    return got
+
+
+def test_inotify_through_one_mount_sees_nothing_of_the_other_mounts_writes(shared_dir: list[Path]) -> None:
+    a, b = shared_dir[:2]
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    fd = libc.inotify_init1(IN_NONBLOCK)
+    assert fd >= 0, os.strerror(ctypes.get_errno())
+    try:
+        assert libc.inotify_add_watch(fd, os.fsencode(b), IN_CREATE | IN_MOVED_TO | IN_CLOSE_WRITE) >= 0
+        _create(a / "from-a.json")
+        os.rename(a / "from-a.json", a / "moved-by-a.json")
+        wait_for(lambda: "moved-by-a.json" in os.listdir(b), 2, "A's file listed through B")
+        assert _inotify_events(fd, 0.5) == 0
+        _create(b / "from-b.json")  # the watch itself works: B's own writes are reported
+        assert _inotify_events(fd, 0.5) > 0
+    finally:
+        os.close(fd)
