@@ -64,6 +64,7 @@ class Config:
     keep_failed_days: float = 30.0
     durability: Literal["fsync", "fast"] = "fsync"
     file_events: bool = True
+    observer: Literal["auto", "native", "polling"] = "auto"
     memory_limit_mb: int = 0
     start_method: Literal["auto", "forkserver", "spawn"] = "auto"
     isolation: Literal["process", "worker"] = "process"
@@ -192,6 +193,7 @@ SCALARS: dict[str, Callable[[Any], Any]] = {
     "keep_failed_days": _number(0, inclusive=True),
     "durability": _choice("fsync", "fast"),
     "file_events": _boolean,
+    "observer": _choice("auto", "native", "polling"),
     "memory_limit_mb": _integer(0),
     "start_method": _choice("auto", "forkserver", "spawn"),
     "isolation": _choice("process", "worker"),

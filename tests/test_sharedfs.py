@@ -9,18 +9,23 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
+import random
 import select
+import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
-from conftest import wait_for
+from conftest import HERE, Project, wait_for
 from filelock import FileLock, Timeout
 
 pytest_plugins = ["sharedfs"]
@@ -143,3 +148,45 @@ def test_inotify_through_one_mount_sees_nothing_of_the_other_mounts_writes(share
         assert _inotify_events(fd, 0.5) > 0
     finally:
         os.close(fd)
+
+
+@pytest.fixture
+def project_on_a(tmp_path: Path, shared_dir: list[Path]) -> Iterator[Project]:
+    """An app whose spool is on host A's mount (its config and logs stay local)."""
+    root = tmp_path / "app"
+    shutil.copytree(HERE / "jobs", root / "jobs", ignore=shutil.ignore_patterns("__pycache__"))
+    project = Project(root)
+    project.spool = shared_dir[0] / "spool"
+    try:
+        yield project
+    finally:
+        project.reap()
+
+
+def test_an_auto_daemon_on_one_host_picks_up_jobs_dropped_through_another_host_in_a_fraction_of_a_second(
+        project_on_a: Project, shared_dir: list[Path]) -> None:
+    project = project_on_a
+    project.configure(rescan_seconds=60)  # the rescan is far off: only the poller can find the jobs
+    text = project.config.read_text()
+    project.config.write_text(text.replace('spool_dir = "spool"', f'spool_dir = "{project.spool}"'))
+    daemon = project.start()
+    spool_b = shared_dir[1] / "spool"
+    wait_for(lambda: (spool_b / "medium").is_dir() and (spool_b / "tmp").is_dir(), 5, "the spool seen through B")
+    time.sleep(0.3)  # past the daemon's first rescan
+    dropped: dict[str, float] = {}
+    for n in range(50):
+        job_id = f"from-b-{n}"
+        _create(spool_b / "tmp" / f"{job_id}.json", json.dumps({"class": "Echo", "params": [n]}).encode())
+        os.rename(spool_b / "tmp" / f"{job_id}.json", spool_b / "medium" / f"{job_id}.json")
+        dropped[job_id] = time.time()
+        time.sleep(random.uniform(0.05, 0.15))  # drops land anywhere in the poll period
+    wait_for(lambda: len(project.names("done")) == 50, 30, "all 50 jobs done")
+    latencies = sorted(datetime.fromisoformat(project.doc("done", job_id)["started_at"]).timestamp() - at
+                       for job_id, at in dropped.items())
+    p50, p99 = statistics.median(latencies), latencies[int(0.99 * (len(latencies) - 1))]
+    print(f"pick-up latency across mounts over {len(latencies)} jobs: p50 {p50 * 1000:.0f} ms, "
+          f"p99 {p99 * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms")
+    code, out = project.stop(daemon)
+    assert code == 0
+    assert "observer: polling (spool on fuse.glusterfs)" in out
+    assert p50 < 0.3 and p99 < 1.0, latencies

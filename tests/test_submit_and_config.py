@@ -19,7 +19,8 @@ from spoold.errors import ConfigError
 SPOOLD_SCRIPT = Path(sys.executable).parent / "spoold"
 KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_delay_seconds, retry_backoff, "
               "max_execution_time, max_job_bytes, settle_seconds, shutdown_grace_seconds, rescan_seconds, "
-              "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, memory_limit_mb, "
+              "priority_aging_seconds, keep_done_days, keep_failed_days, durability, file_events, observer, "
+              "memory_limit_mb, "
               "start_method, isolation, max_jobs_per_worker, bootstrap, log_format, metrics_port, metrics_host, "
               "heartbeat_seconds, lease_seconds, "
               "allowed_jobs, job_priority, retry_on, dashboard")

@@ -51,6 +51,8 @@ COMMENTS: dict[str, str] = {
     "durability": '"fsync": every state change survives a power loss; "fast": no fsync (a crash of the machine '
                   "may lose recent moves).",
     "file_events": "Watch the ready folders for file events; false relies on rescans only (network filesystems).",
+    "observer": '"native": file events; "polling": list the ready folders and scheduled/ every 0.2 s (events '
+                'never cross hosts); "auto": polling when the spool is on a network or FUSE filesystem.',
     "memory_limit_mb": "Address-space limit of each job's child in MiB (where the platform has setrlimit); 0: none.",
     "start_method": '"forkserver": each job is a fork of a warm server that imported the namespace (fast); '
                     '"spawn": a fresh interpreter per job (portable); "auto": forkserver where it can fork.',

@@ -109,7 +109,7 @@ class Daemon:
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker,
-                               root=self.paths.root, markers=node.folder)
+                               root=self.paths.root, markers=node.folder, observer=config.observer)
         self.children: dict[str, Running] = {}
         self.exited: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.signals = signals

@@ -2,6 +2,8 @@
 
 The handler stays O(1) (docs/design.md, T5): it records the paths and wakes the daemon. Any event kind counts
 (docs/design.md, T5): a rename from tmp/ can arrive as created, moved or closed depending on the platform.
+On a network or FUSE filesystem, where another host's writes make no event (SPEC §11), a Poller lists the
+same folders instead (`observer`; mounts.choose_observer decides "auto").
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import select
 import socket
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -28,6 +31,8 @@ from watchdog.events import (
 )
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
+
+from spoold.daemon.mounts import choose_observer
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +107,64 @@ class _Hints(FileSystemEventHandler):
         self.waker.wake()
 
 
+POLL_SECONDS = 0.2  # pick-up latency of a job another host dropped: half of it on average
+POLL_SHARE = 0.1  # a slow listing (a huge backlog, a slow server) stretches the period: at most this share of a core
+
+
+class Poller:
+    """Lists each folder every POLL_SECONDS; a name not there at the last look is a hint, and wakes the loop.
+
+    Only these folders are read, by name (os.listdir: no stat, nothing under done/), so a poll costs what
+    the backlog costs and nothing that grows with done/ (bench/poll_cost.py). watchdog's PollingObserver
+    would stat every file of the tree. A folder removed and made again needs no renewal: it is listed by path.
+    """
+
+    def __init__(self, folders: Iterable[Path], hints: _Hints) -> None:
+        self.folders = list(folders)
+        self.hints = hints
+        self.seen: dict[Path, set[str]] = {}
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="spoold-poller", daemon=True)
+
+    def start(self) -> None:
+        # What is there now is the first rescan's to find; from here on, anything new is a hint.
+        for folder in self.folders:
+            self.seen[folder] = self._list(folder)
+        self.thread.start()
+
+    @staticmethod
+    def _list(folder: Path) -> set[str]:
+        try:
+            return set(os.listdir(folder))
+        except OSError:  # gone (made again at the next rescan), ESTALE, ENOTCONN while the server is away
+            return set()
+
+    def poll(self) -> int:
+        """One look at every folder; the number of new names, recorded as hints."""
+        new: list[str] = []
+        for folder in self.folders:
+            names = self._list(folder)
+            new += [os.path.join(folder, name) for name in names - self.seen.get(folder, set())]
+            self.seen[folder] = names
+        if new:
+            with self.hints.lock:
+                self.hints.paths.update(new)
+            self.hints.waker.wake()
+        return len(new)
+
+    def _run(self) -> None:
+        period = POLL_SECONDS
+        while not self.stopping.wait(period):
+            started = time.monotonic()
+            self.poll()
+            period = max(POLL_SECONDS, (time.monotonic() - started) / POLL_SHARE)
+
+    def stop(self) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join(timeout=5)  # a listing hung on a dead server is left behind (a daemon thread)
+
+
 # Which events each watch asks the kernel for (inotify's mask; other platforms filter in watchdog).
 # Every other event would cost the daemon's watcher threads work per job for nothing: a job's own
 # claim, commit and the reads of it make about nine events; with these masks it makes two.
@@ -119,18 +182,28 @@ class Watcher:
     The spool root is watched too, so a ready folder removed and made again (`rm -r low && mkdir low`)
     is noticed and its watch renewed (docs/design.md, F28); rescans catch what happened in between.
     `markers` is the daemon's own folder, watched only for files written there (cancel markers).
+    `observer` (SPEC §11): "native" file events, "polling" (a Poller lists the folders), or "auto": polling
+    on a network or FUSE filesystem, where events from other hosts never come.
     """
 
     def __init__(self, folders: Iterable[Path], waker: Waker, *, root: Path | None = None,
-                 markers: Path | None = None) -> None:
+                 markers: Path | None = None, observer: str = "native") -> None:
         self.folders = list(folders)
         self.root = root
         self.markers = markers
+        self.observer_setting = observer
         self.hints = _Hints(waker, self.watched())
         self.observer: BaseObserver | None = None
+        self.poller: Poller | None = None
         self.watches: dict[Path, ObservedWatch] = {}
 
     def start(self) -> None:
+        kind, why = choose_observer(self.observer_setting, self.folders)
+        log.info("observer: %s (%s)", kind, why)
+        if kind == "polling":
+            self.poller = Poller(self.watched(), self.hints)
+            self.poller.start()
+            return
         no_move_pairing_delay()
         try:
             observer = Observer()
@@ -193,6 +266,9 @@ class Watcher:
         return [Path(p) for p in paths]
 
     def stop(self) -> None:
+        if self.poller is not None:
+            self.poller.stop()
+            self.poller = None
         if self.observer is not None:
             self.observer.stop()
             self.observer.join(timeout=5)
