@@ -75,5 +75,10 @@ class LostClaim(SpooldError):
     """Raised when our running/DAEMON/ copy of a job is gone: someone moved it; its result is not written back."""
 
 
+class Fenced(LostClaim):
+    """Raised instead of a move out of a claim once the node's lease may have ended: another host may have
+    taken the job over, so nothing is written for it (SPEC §11; docs/design.md, H4)."""
+
+
 class NotAJob(SpooldError):
     """Raised when a file an operator command took is not a valid job document; it was put back where it was."""

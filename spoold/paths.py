@@ -35,6 +35,22 @@ def is_job_name(name: str) -> bool:
     return name.endswith(JOB_SUFFIX) and not name.startswith(".") and len(name) > len(JOB_SUFFIX)
 
 
+SEIZED_SUFFIX = ".moving"
+
+
+def seized_name(job_name: str) -> str:
+    """The hidden name a node gives its claimed `ID.json` as it starts to move it out (docs/design.md, H3)."""
+    return f".{job_name}{SEIZED_SUFFIX}"
+
+
+def unseized_name(name: str) -> str | None:
+    """`ID.json` for a seized name `.ID.json.moving`, else None."""
+    if name.startswith(".") and name.endswith(JOB_SUFFIX + SEIZED_SUFFIX):
+        plain = name[1: -len(SEIZED_SUFFIX)]
+        return plain if is_job_name(plain) else None
+    return None
+
+
 def is_valid_id(job_id: str) -> bool:
     return ID_PATTERN.fullmatch(job_id) is not None
 

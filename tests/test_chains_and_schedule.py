@@ -13,6 +13,7 @@ import pytest
 from conftest import Project, copies, settled_events, wait_for
 
 from spoold import SubmitError
+from spoold.spool.node import this_host
 
 LATE = timedelta(seconds=1.5)  # how long after run_at a due job may start on a loaded test machine
 
@@ -291,7 +292,7 @@ def test_a_parent_rerun_after_its_daemon_died_does_not_hand_its_step_on_twice(
     step_runs.write_text("step\n", encoding="utf-8")  # the step ran once already, before the crash
     parent = "PARENT"
     step = f"{parent}-step1"  # the id chain.py derives for the first step (README "Chains")
-    dead = project.spool / "running" / "deadhost-1-abc"
+    dead = project.spool / "running" / f"{this_host()}-1-abc"
     dead.mkdir(parents=True)
     chain = [{"class": "WriteSentinel", "params": [str(step_runs), "step"], "pass_result": False}]
     (dead / f"{parent}.json").write_text(json.dumps(

@@ -10,6 +10,8 @@ from pathlib import Path
 
 from conftest import Project, process_gone, read_pid, wait_for
 
+from spoold.spool.node import this_host
+
 
 def _age(path: Path, days: float) -> None:
     old = time.time() - days * 86400
@@ -113,7 +115,7 @@ def test_a_cancel_marker_stops_the_running_child_and_the_job_fails_as_cancelled(
 
 
 def test_a_file_left_by_a_dead_operator_command_goes_back_where_its_status_says(project: Project) -> None:
-    dead = project.spool / "running" / "cli.deadhost-1-abcdef"
+    dead = project.spool / "running" / f"cli.{this_host()}-1-abcdef"
     dead.mkdir(parents=True)
     doc = {"class": "Echo", "status": "failed", "attempts": 2, "priority": "low",
            "error": {"type": "RuntimeError", "message": "x", "traceback": ""}}

@@ -44,6 +44,7 @@ from test_bad_input import (
 from spoold.allowlist import check_allowed, resolve_class
 from spoold.errors import JobRejected
 from spoold.job import Job, decode_document, dump_job, parse_job
+from spoold.spool.node import this_host
 
 READY_AND_LIVE = ("high", "medium", "low", "scheduled", "running")
 STATE_FOLDERS = ("tmp", "high", "medium", "low", "scheduled", "running", "done", "failed", "rejected")
@@ -526,7 +527,7 @@ def test_an_operator_moving_jobs_to_hold_while_the_daemon_claims_them_loses_or_d
 def test_two_daemons_starting_at_once_requeue_each_orphan_of_a_dead_daemon_exactly_once(
         project: Project, lock_left: bool) -> None:
     project.configure(workers=2)
-    dead = project.spool / "running" / "deadhost-1-abc"
+    dead = project.spool / "running" / f"{this_host()}-1-abc"
     dead.mkdir(parents=True)
     if lock_left:
         (dead / ".lock").touch()
@@ -552,7 +553,7 @@ def test_two_daemons_starting_at_once_requeue_each_orphan_of_a_dead_daemon_exact
         assert doc["attempts"] == 2
         assert [(h["outcome"], h["error_type"]) for h in doc["history"]] == [("failure", "Orphaned"),
                                                                                ("success", None)]
-        assert doc["history"][0]["node"] == "deadhost-1-abc"
+        assert doc["history"][0]["node"] == f"{this_host()}-1-abc"
         assert project.events(job_id) == ["recovered", "started", "success"]
         (line,) = [line for line in recovered if f" job={job_id} " in line]
         assert "error=Orphaned" in line and "attempt=1" in line

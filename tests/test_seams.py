@@ -6,6 +6,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,15 +14,16 @@ from conftest import Project
 
 from spoold.config import Config, load_config
 from spoold.daemon.committer import Committer, Finished
-from spoold.daemon.recovery import Recovery
+from spoold.daemon.recovery import Orphan, Recovery
 from spoold.execution.protocol import encode, split_lines, start_request
 from spoold.job import Job
 from spoold.logs import EventLog
 from spoold.outcomes import Settled
 from spoold.paths import Folder, SpoolPaths
 from spoold.spool.intake import Intake
+from spoold.spool.lease import write_heartbeat
 from spoold.spool.moves import Mover
-from spoold.spool.node import Node, open_node
+from spoold.spool.node import Node, open_node, this_host
 
 
 @pytest.fixture
@@ -36,9 +38,10 @@ def spool(project: Project) -> Iterator[tuple[Config, SpoolPaths, Node]]:
         node.close()
 
 
-def _dead_daemon_with(paths: SpoolPaths, job_id: str, doc: dict[str, object]) -> Path:
-    """A daemon folder whose owner is gone: its lock file is there, and no process holds it."""
-    folder = paths.running / "deadhost-4242-abcdef"
+def _dead_daemon_with(paths: SpoolPaths, job_id: str, doc: dict[str, object], host: str = "") -> Path:
+    """A daemon folder whose owner is gone: its lock file is there, and no process holds it. Of this host
+    unless `host` names another."""
+    folder = paths.running / f"{host or this_host()}-4242-abcdef"
     folder.mkdir(parents=True)
     (folder / ".lock").touch()
     (folder / f"{job_id}.json").write_text(json.dumps(doc))
@@ -61,6 +64,40 @@ def test_recovery_claims_a_dead_daemons_job_and_returns_its_orphaned_run_for_the
     assert orphan.job.doc["history"][-1]["error_type"] == "Orphaned" and orphan.job.attempts == 1
     assert orphan.settled.folder == Folder.MEDIUM and orphan.settled.log_status == ""
     assert not (config.log_dir / "background_jobs.log").exists(), "recovery decides; the daemon logs"
+
+
+def test_a_dead_daemon_of_another_host_is_recovered_only_once_its_lease_has_passed_on_our_clock(
+        spool: tuple[Config, SpoolPaths, Node]) -> None:
+    config, paths, node = spool
+    config = replace(config, heartbeat_seconds=0.1, lease_seconds=0.6)
+    mover = Mover(paths)
+    dead = _dead_daemon_with(paths, "orphan-2", {"class": "Echo", "params": ["x"]}, host="otherhost")
+    write_heartbeat(dead, 7)
+    recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+
+    began = time.monotonic()
+    assert recovery.recover_dead(config, time.time()) == [], "its lock is free, but its lease has not passed"
+    write_heartbeat(dead, 8)  # it renewed: the lease starts again from when we saw that
+    renewed = time.monotonic()
+    assert recovery.recover_dead(config, time.time()) == []
+    orphans: list[Orphan] = []
+    while not orphans:
+        orphans = recovery.recover_dead(config, time.time())
+        if not orphans:
+            time.sleep(0.05)
+    assert time.monotonic() - renewed >= 0.6 and time.monotonic() - began >= 0.6
+    assert [o.job.id for o in orphans] == ["orphan-2"] and not dead.exists()
+
+
+def test_a_claim_its_dead_daemon_had_begun_to_move_out_is_recovered_as_its_job(
+        spool: tuple[Config, SpoolPaths, Node]) -> None:
+    config, paths, node = spool
+    mover = Mover(paths)
+    dead = _dead_daemon_with(paths, "orphan-3", {"class": "Echo", "params": ["x"]})
+    os.rename(dead / "orphan-3.json", dead / ".orphan-3.json.moving")  # seized, then the daemon died
+    recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+    [orphan] = recovery.recover_dead(config, time.time())
+    assert orphan.job.id == "orphan-3" and orphan.claimed == node.folder / "orphan-3.json"
 
 
 def test_the_committer_keeps_a_commit_the_spool_refused_and_writes_it_once_the_spool_takes_it(

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import sys
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,10 @@ from spoold.errors import (
 from spoold.paths import Folder, Priority
 
 if TYPE_CHECKING:
+    from spoold.daemon.loop import Signals
     from spoold.daemon.metrics import Metrics
+
+log = logging.getLogger(__name__)
 
 
 def _config_option(parser: argparse.ArgumentParser) -> None:
@@ -138,7 +142,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    from spoold.daemon.loop import Signals, open_daemon
+    from spoold.daemon.loop import REJOIN, Signals, open_daemon
 
     config: Config = load_config(find_config(args.config))
     if args.workers is not None and args.workers < 1:
@@ -146,16 +150,36 @@ def cmd_start(args: argparse.Namespace) -> int:
     metrics = _open_metrics(config, args.metrics_port)  # before joining the spool: exit 2 if it cannot serve
     signals = Signals()
     signals.install()
+    rejoining = False
     try:
-        daemon = open_daemon(config, drain=args.drain, workers=args.workers, signals=signals)
-        if metrics is not None:
-            metrics.attach(daemon)
-        return daemon.run()
-    except OSError as e:
-        raise SpoolWriteError(f"cannot use the spool {config.spool_dir}: {e}") from e
+        while True:
+            try:
+                daemon = open_daemon(config, drain=args.drain, workers=args.workers, signals=signals)
+            except OSError as e:
+                if not rejoining:
+                    raise SpoolWriteError(f"cannot use the spool {config.spool_dir}: {e}") from e
+                # A daemon that lost its lease (a hung or cut-off mount) waits for the spool to come back.
+                log.error("cannot join the spool %s again (%s); retrying", config.spool_dir, e)
+                if _stopped_within(signals, config.heartbeat_seconds):
+                    return EXIT_OK
+                continue
+            if metrics is not None:
+                metrics.attach(daemon)
+            code = daemon.run()
+            if code != REJOIN or signals.stop_requests:
+                return EXIT_OK if code == REJOIN else code
+            config, rejoining = daemon.config, True  # a reloaded configuration is kept
     finally:
         if metrics is not None:
             metrics.close()
+
+
+def _stopped_within(signals: Signals, seconds: float) -> bool:
+    """Sleep up to `seconds`, less if SIGTERM/SIGINT comes; True if one came."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not signals.stop_requests:
+        time.sleep(0.1)
+    return bool(signals.stop_requests)
 
 
 def _open_metrics(config: Config, port: int | None) -> Metrics | None:

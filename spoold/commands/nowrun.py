@@ -69,7 +69,7 @@ class NowRun:
     def __init__(self, config: Config, job: Job, node: Node, stop: Stop) -> None:
         self.config, self.job, self.node, self.stop = config, job, node, stop
         paths = SpoolPaths(config.spool_dir)
-        self.mover = Mover(paths, durable=config.durability == "fsync")
+        self.mover = Mover(paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok)
         self.events = EventLog(config.log_dir, log_format=config.log_format)
         self.scratch = scratch_folder(node.id)
         # One job: a fresh interpreter is quicker than starting a fork server for it.
@@ -135,7 +135,8 @@ def run_now(config: Config, job: Job) -> tuple[int, Job]:
     """Run `job` to its end; returns (0 done, 1 failed, or 128 + the signal that stopped it; the final document)."""
     paths = SpoolPaths(config.spool_dir)
     paths.create()
-    node = open_node(paths, workers=1, kind=NOW_KIND)
+    node = open_node(paths, workers=1, kind=NOW_KIND, heartbeat_seconds=config.heartbeat_seconds,
+                     lease_seconds=config.lease_seconds)
     stop = Stop()
     try:
         with _signals_to(stop):

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from spoold.config import Config
-from spoold.errors import LostClaim
+from spoold.errors import Fenced, LostClaim
 from spoold.job import Job
 from spoold.outcomes import Settled
 from spoold.paths import Folder
@@ -57,7 +57,7 @@ class Committed:
 class Committer:
     def __init__(self, mover: Mover, on_written: Callable[[Finished, Path], None], wake: Callable[[], None]) -> None:
         self.mover = mover  # the loop's Mover; the thread has its own (its stale list is its own)
-        self.thread_mover = Mover(mover.paths, durable=mover.durable)
+        self.thread_mover = Mover(mover.paths, durable=mover.durable, may_act=mover.may_act)
         self.on_written = on_written
         self.wake = wake
         self.inbox: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
@@ -87,6 +87,8 @@ class Committer:
         """Commit now (handing a chain on first: a crash then re-runs the parent, never loses the step)."""
         job = item.job
         try:
+            if not self.mover.may_act():  # fenced: not even the chain's next step (docs/design.md, H4)
+                raise Fenced(f"job={job.id}: our lease may have ended; not writing it back")
             if item.settled.folder == Folder.DONE and job.chain:
                 hand_on_chain(self.mover, config, job, item.now)
             target = self.mover.commit(job, item.claimed, item.settled.folder)

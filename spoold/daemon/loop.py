@@ -37,6 +37,7 @@ from spoold.spool.scheduled import ScheduledIndex, due_time
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
+REJOIN = -1  # run() after a lost lease: not an exit code, the caller opens a new daemon
 
 
 @dataclass
@@ -77,7 +78,8 @@ def open_daemon(config: Config, *, drain: bool = False, workers: int | None = No
         config = replace(config, workers=workers)
     paths = SpoolPaths(config.spool_dir)
     paths.create()
-    node = open_node(paths, workers=config.workers)
+    node = open_node(paths, workers=config.workers, heartbeat_seconds=config.heartbeat_seconds,
+                     lease_seconds=config.lease_seconds)
     scratch = scratch_folder(node.id)
     try:
         scratch.mkdir(parents=True, exist_ok=True)
@@ -85,7 +87,9 @@ def open_daemon(config: Config, *, drain: bool = False, workers: int | None = No
     except BaseException:
         node.close()
         raise
-    return Daemon(config, node, launcher, drain=drain, workers_override=workers, signals=signals or Signals())
+    daemon = Daemon(config, node, launcher, drain=drain, workers_override=workers, signals=signals or Signals())
+    node.heartbeat.on_fence = daemon.on_fenced
+    return daemon
 
 
 class Daemon:
@@ -99,7 +103,7 @@ class Daemon:
         self.paths = SpoolPaths(config.spool_dir)
         self.scratch = scratch_folder(node.id)
         self.events = EventLog(config.log_dir, log_format=config.log_format)
-        self.mover = Mover(self.paths, durable=config.durability == "fsync")
+        self.mover = Mover(self.paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok)
         self.waker = Waker()
         self.committer = Committer(self.mover, self.written, self.waker.wake)
         self.runs = Runs(node.id, self.scratch, launcher, self.events)
@@ -139,19 +143,30 @@ class Daemon:
         self.node.close()
 
     def run(self) -> int:
-        """Run until SIGTERM/SIGINT (or, with --drain, until nothing is ready or running)."""
+        """Run until SIGTERM/SIGINT (or, with --drain, until nothing is ready or running). REJOIN if our
+        lease was lost: the caller joins the spool again as a new daemon."""
         try:
             self.start_threads()
             while True:
                 now = time.time()
                 self.loop_once(now)
-                if self.should_exit(now):
+                if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
                 self.waker.sleep(self.sleep_seconds(time.time()))
         finally:
             self.close()
+        if self.node.heartbeat.fenced:
+            log.warning("node=%s left the spool after losing its lease; its jobs are the others' now", self.node.id)
+            return REJOIN
         log.info("spoold stopped")
         return 0
+
+    def on_fenced(self) -> None:
+        """From the lease's thread, even while the loop is stuck on a hung mount: stop every job now. Their
+        claims are left as they are, for whoever takes them over (docs/design.md, H4)."""
+        for running in list(self.children.values()):
+            running.child.kill("Fenced")
+        self.waker.wake()
 
     # -- one pass ----------------------------------------------------------------------------------
 
@@ -201,7 +216,8 @@ class Daemon:
             log.error("reload refused, keeping the old configuration: %s", e)
             return
         old = self.config
-        fixed = ("spool_dir", "log_dir", "namespace", "start_method", "isolation", "max_jobs_per_worker", "bootstrap")
+        fixed = ("spool_dir", "log_dir", "namespace", "start_method", "isolation", "max_jobs_per_worker", "bootstrap",
+                 "observer", "heartbeat_seconds", "lease_seconds")
         changed = [key for key in fixed if getattr(new, key) != getattr(old, key)]
         if changed:
             log.warning("%s: changes need a restart; keeping the running values", ", ".join(changed))

@@ -1,7 +1,10 @@
-"""Requeueing the jobs of daemons that died (SPEC §2): their lock is free, so their folder is ours to empty.
+"""Requeueing the jobs of daemons that died (SPEC §2, §11): their folder is ours to empty.
 
-Each orphan is first claimed by a rename into our own folder, so two daemons recovering the same dead
-one never both requeue a job (docs/design.md, F29). A copy whose id already stands in a
+A daemon of this host is dead as soon as its lock is free. A daemon of another host is dead only once
+its heartbeat has not been seen to change for `lease_seconds` of our own clock (lease.py): its lock
+may be local to its host, or still held by a frozen process. A frozen owner of this host past its
+lease counts as dead too. Each orphan is first claimed by a rename into our own folder, so two daemons
+recovering the same dead one never both requeue a job (docs/design.md, F29, H3). A copy whose id already stands in a
 later state is the leftover of a crash between two steps of a commit, and is dropped (precedence
 done/failed > ready > running). What recovery decides for each orphan is returned; the daemon logs
 and writes it, through the same commit as any other run's end.
@@ -11,18 +14,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from filelock import FileLock
 
 from spoold.config import Config
 from spoold.errors import JobRejected
 from spoold.job import Job, JobStatus, decode_document
 from spoold.outcomes import Settled, ready_folder, settle_orphan
-from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name
+from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name, seized_name, unseized_name
 from spoold.spool.fsio import read_bounded
 from spoold.spool.intake import Claim, Intake
+from spoold.spool.lease import LeaseBook
 from spoold.spool.moves import Mover
-from spoold.spool.node import OPERATOR_KIND, other_nodes, remove_dead_folder, try_lock_dead
+from spoold.spool.node import OPERATOR_KIND, host_of, other_nodes, remove_dead_folder, this_host, try_lock_dead
 
 log = logging.getLogger(__name__)
 
@@ -45,22 +51,41 @@ class Recovery:
     own_id: str
     intake: Intake
     mover: Mover
+    book: LeaseBook = field(default_factory=lambda: LeaseBook(30.0))
+
+    def is_dead(self, folder: Path, lease_seconds: float) -> tuple[bool, FileLock | None]:
+        """Whether the node of `folder` is dead, and its lock if we now hold it (None: a frozen owner
+        still holds it, so its folder is emptied but left for it; docs/design.md, H2)."""
+        self.book.lease_seconds = lease_seconds
+        lock = try_lock_dead(folder)
+        expired = self.book.expired(folder)  # read at every pass, so the lease is timed from each change
+        if lock is not None and (expired or host_of(folder.name) == this_host()):
+            return True, lock
+        if lock is not None:
+            lock.release(force=True)  # free, but another host's lock may be local to it: its lease decides
+        return expired, None
 
     def recover_dead(self, config: Config, now: float) -> list[Orphan]:
         """Empty every dead daemon's folder: its orphans are claimed and returned, for the caller to write."""
         orphans: list[Orphan] = []
-        for folder in other_nodes(self.paths, self.own_id):
-            lock = try_lock_dead(folder)
-            if lock is None:
+        nodes = other_nodes(self.paths, self.own_id)
+        self.book.forget({folder.name for folder in nodes})
+        for folder in nodes:
+            dead, lock = self.is_dead(folder, config.lease_seconds)
+            if not dead:
                 continue
+            if lock is None:
+                log.warning("node=%s has not renewed its lease for %gs: taking its jobs over", folder.name,
+                            config.lease_seconds)
             try:
                 for name in sorted(os.listdir(folder)):
-                    if is_job_name(name):
+                    if is_job_name(name) or unseized_name(name):
                         orphans += self._adopt(config, folder, name, now)
             except FileNotFoundError:
                 pass  # another daemon emptied and removed it between our probe and our look
             finally:
-                remove_dead_folder(folder, lock)
+                if lock is not None:
+                    remove_dead_folder(folder, lock)
         return orphans
 
     def _put_back(self, config: Config, path: Path) -> None:
@@ -84,11 +109,16 @@ class Recovery:
             return True
         name = job_id + JOB_SUFFIX
         nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
-        return any(os.path.lexists(node / name) for node in nodes if node != dead)
+        seized = seized_name(name)  # a live node moving it out right now holds it too
+        return any(os.path.lexists(node / name) or os.path.lexists(node / seized) for node in nodes if node != dead)
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
-        job_id = id_from_name(name)
+        plain = unseized_name(name) or name  # a claim its daemon had begun to move out: still its job
+        if plain != name and os.path.lexists(folder / plain):
+            path.unlink(missing_ok=True)  # a --now rewrite cut short: the claim's own name holds the newer copy
+            return []
+        job_id = id_from_name(plain)
         if job_id is not None and self._held_elsewhere(job_id, folder):
             log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
             path.unlink(missing_ok=True)
@@ -100,7 +130,7 @@ class Recovery:
             started = os.lstat(path).st_ctime
         except FileNotFoundError:
             return []
-        taken = self.intake.take(config, folder, name, now)
+        taken = self.intake.take(config, folder, name, now, job_id=job_id)
         if not isinstance(taken, Claim):
             return []
         settled = settle_orphan(taken.job, config, node=folder.name, started=started, now=now)

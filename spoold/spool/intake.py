@@ -118,8 +118,10 @@ class Intake:
         self.events.rejected(job_id, reason)
         log.info("job=%s rejected: %s", job_id, reason)
 
-    def take(self, config: Config, folder: Path, name: str, now: float) -> Claim | Deferred | None:
-        """Claim `folder/name`; None when there is nothing to run (gone, a folder, or rejected)."""
+    def take(self, config: Config, folder: Path, name: str, now: float, *,
+             job_id: str | None = None) -> Claim | Deferred | None:
+        """Claim `folder/name`; None when there is nothing to run (gone, a folder, or rejected). `job_id`: the
+        id when the name does not give it (a seized claim recovered from a dead daemon)."""
         path = folder / name
         try:
             info = os.lstat(path)
@@ -131,13 +133,15 @@ class Intake:
             self.reject(path, f"{_kind(info.st_mode)}, not a job file; never opened")
             return None
         settles_at = info.st_mtime + config.settle_seconds
-        job_id = id_from_name(name) or new_job_id()
+        job_id = job_id or id_from_name(name) or new_job_id()
         early: Read | None = None
         if settles_at > now:
             try:
                 early = read_job(config, path, job_id)
             except (JobRejected, OSError):
                 return Deferred(settles_at)  # maybe still being written: not run, not rejected
+        if not self.mover.may_act():
+            return None  # our lease may have ended: we claim nothing more (docs/design.md, H4)
         target = self.node.folder / (job_id + JOB_SUFFIX)
         if os.path.lexists(target):
             job_id = new_job_id()

@@ -6,15 +6,16 @@ the old copy removed. A crash in between leaves a duplicate that recovery resolv
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from spoold.errors import LostClaim, NameTaken
+from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
-from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id
+from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
 from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, write_tmp
 
 log = logging.getLogger(__name__)
@@ -26,12 +27,34 @@ class Mover:
     """The file moves of one node (daemon or `--now` run), durable unless `durable` is off.
 
     `stale` holds claimed copies whose job was committed elsewhere but that could not be removed:
-    they are removed later, never committed again.
+    they are removed later, never committed again. `may_act` is the node's lease (lease.Heartbeat.ok):
+    once it says no, no claim is moved any more.
     """
 
     paths: SpoolPaths
     durable: bool = True
     stale: list[Path] = field(default_factory=list)
+    may_act: Callable[[], bool] = field(default=lambda: True)
+
+    def seize(self, claimed: Path) -> Path:
+        """The decisive step of every move out of our claim: one rename to a hidden name in our folder.
+
+        Another host that counts us dead takes our claims by renaming them too, so of the two exactly
+        one wins, and the loser sees ENOENT; an unlink's success could not decide it (docs/design.md, H3).
+        Fenced if our lease may have ended, LostClaim if the claim is gone.
+        """
+        if not self.may_act():
+            raise Fenced(f"{claimed.name}: our lease may have ended; not writing it back")
+        seized = claimed.with_name(seized_name(claimed.name))
+        try:
+            os.rename(claimed, seized)
+        except OSError as e:
+            if os.path.lexists(seized):  # over NFS a retransmitted rename may fail after it succeeded
+                return seized
+            if isinstance(e, FileNotFoundError) or e.errno == errno.ESTALE:
+                raise LostClaim(f"claim {claimed} is gone; not writing it back") from e
+            raise
+        return seized
 
     def remove_stale(self) -> None:
         for path in list(self.stale):
@@ -66,23 +89,35 @@ class Mover:
         return target
 
     def rewrite_claim(self, job: Job, claimed: Path) -> None:
-        """A new version of our own claimed copy, in place (a `--now` run between two attempts): staged in
-        tmp/, fsynced, renamed over it. Only our node writes in its folder, under its lock, so the rename
-        replaces no one else's file; a crash leaves the old version or the new one, whole."""
-        if not os.path.lexists(claimed):
-            raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
+        """A new version of our own claimed copy, in place (a `--now` run between two attempts): the claim
+        seized, the new version staged in tmp/, fsynced and renamed to the claim's name, then the seized
+        copy dropped. A crash leaves the old version or the new one, whole (recovery prefers the claim's
+        name to a seized copy beside it)."""
+        seized = self.seize(claimed)
         staged = write_tmp(self.paths.tmp, dump_job(job), durable=self.durable)
         os.replace(staged, claimed)
         if self.durable:
             fsync_dir(claimed.parent)
+        os.unlink(seized)
 
     def commit(self, job: Job, claimed: Path, folder: str) -> Path:
-        """Write `job` to `folder`, then drop our claimed copy; LostClaim if the claim vanished first."""
-        if not os.path.lexists(claimed):
-            raise LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back")
-        target = self.write(job, folder)
-        self._drop_claim(job, claimed, folder)
+        """Seize our claimed copy, write `job` to `folder`, then drop the copy; LostClaim if the claim
+        vanished first, Fenced if our lease may have ended."""
+        seized = self.seize(claimed)
+        try:
+            target = self.write(job, folder)
+        except BaseException:
+            self._unseize(seized, claimed)
+            raise
+        self._drop_claim(job, seized, folder)
         return target
+
+    def _unseize(self, seized: Path, claimed: Path) -> None:
+        """The write failed (the spool refused it): give the claim its name back, to be committed again."""
+        try:
+            os.rename(seized, claimed)
+        except OSError as e:
+            log.error("cannot give %s its name back (%s); it is recovered as an orphan", seized, e)
 
     def _drop_claim(self, job: Job, claimed: Path, folder: str) -> None:
         try:
@@ -99,16 +134,21 @@ class Mover:
         copies are removed only once every new version is durable in its folder. Per job: its
         target, or the OSError / LostClaim that left it uncommitted."""
         results: list[Path | Exception] = []
-        present: list[int] = []
+        seized: dict[int, Path] = {}
         for index, (job, claimed, _) in enumerate(items):
             results.append(LostClaim(f"job={job.id} claim {claimed} is gone; not writing it back"))
-            if os.path.lexists(claimed):
-                present.append(index)
+            try:
+                seized[index] = self.seize(claimed)
+            except (OSError, LostClaim) as e:
+                results[index] = e
+        present = list(seized)
         targets = {index: self.paths.job_file(items[index][2], items[index][0].id) for index in present}
         errors = publish_many(self.paths.tmp, [(dump_job(items[index][0]), targets[index]) for index in present],
                               durable=self.durable)
         for index, error in zip(present, errors, strict=True):
             job, claimed, folder = items[index]
+            if error is not None:
+                self._unseize(seized[index], claimed)
             if isinstance(error, NameTaken):  # the one-job path gives it a fresh id
                 try:
                     results[index] = self.commit(job, claimed, folder)
@@ -117,18 +157,23 @@ class Mover:
             elif error is not None:
                 results[index] = error
             else:
-                self._drop_claim(job, claimed, folder)
+                self._drop_claim(job, seized[index], folder)
                 results[index] = targets[index]
         return results
 
     def write_back(self, claimed: Path, original: Path) -> None:
         """Undo a claim, bytes unchanged; if the name was taken meanwhile, use a fresh one beside it."""
+        seized = self.seize(claimed)
         try:
-            moved = move_no_replace(claimed, original, durable=self.durable)
-        except NameTaken:
-            moved = move_no_replace(claimed, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
+            try:
+                moved = move_no_replace(seized, original, durable=self.durable)
+            except NameTaken:
+                moved = move_no_replace(seized, original.with_name(new_job_id() + JOB_SUFFIX), durable=self.durable)
+        except BaseException:
+            self._unseize(seized, claimed)
+            raise
         if not moved:
-            self.stale.append(claimed)
+            self.stale.append(seized)
 
     def reject(self, source: Path, reason: str, *, dropped_as: str | None = None) -> tuple[str, str]:
         """Move a file, bytes unchanged, to rejected/ with ID.reason beside it; returns (id, reason).

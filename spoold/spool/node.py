@@ -20,7 +20,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from spoold.paths import SpoolPaths, is_job_name
+from spoold.paths import SpoolPaths, is_job_name, unseized_name
+from spoold.spool.lease import Heartbeat, write_heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,17 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname().split(".")[0])[:40] or "host"
 
 
+def this_host() -> str:
+    """The host part of this machine's node ids."""
+    return _host()
+
+
+def host_of(node_id: str) -> str:
+    """The host a node id names: `[KIND.]HOST-PID-XXXXXX` (SPEC §11: daemon ids start with the host name)."""
+    bare = node_id.split(".", 1)[1] if "." in node_id else node_id
+    return bare.rsplit("-", 2)[0]
+
+
 def _lock(path: Path) -> FileLock:
     # preserve_lock_file: deleting a lock path that others may hold open gives two holders (docs/design.md, R1).
     return FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True)
@@ -88,14 +100,17 @@ def _lock(path: Path) -> FileLock:
 
 @dataclass
 class Node:
-    """One daemon (or one `--now` run): id, folder, and the lock held while it lives."""
+    """One daemon (or one `--now` run, or one operator command): id, folder, the lock held while it
+    lives, and its lease (lease.py)."""
 
     id: str
     folder: Path
     lock: FileLock
+    heartbeat: Heartbeat
 
     def job_files(self) -> list[Path]:
-        return [p for p in self.folder.iterdir() if is_job_name(p.name)]
+        """Its claimed jobs, those it was moving out (seized) included."""
+        return [p for p in self.folder.iterdir() if is_job_name(p.name) or unseized_name(p.name)]
 
     def close(self) -> None:
         """Leave the spool: remove the folder if no job is left in it, then release the lock.
@@ -116,11 +131,14 @@ class Node:
                 break
             except OSError as e:
                 log.debug("node=%s cannot remove %s yet: %s", self.id, self.folder, e)
+        self.heartbeat.stop()
         self.lock.release(force=True)
 
 
-def open_node(paths: SpoolPaths, *, workers: int, kind: str = "") -> Node:
-    """Create running/HOST-PID-XXXX/, locked before it becomes visible, with a .info for `status`."""
+def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seconds: float = 5.0,
+              lease_seconds: float = 30.0) -> Node:
+    """Create running/HOST-PID-XXXX/, locked and with its first heartbeat before it becomes visible, with a
+    .info for `status`; its lease is renewed from then on (lease.py)."""
     node_id = f"{kind}{_host()}-{os.getpid()}-{secrets.token_hex(3)}"
     paths.running.mkdir(parents=True, exist_ok=True)
     staging = paths.running / f".new-{node_id}"
@@ -130,9 +148,12 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "") -> Node:
     info = {"id": node_id, "kind": kind.rstrip(".") or "daemon", "host": socket.gethostname(), "pid": os.getpid(),
             "started_at": datetime.now(UTC).isoformat(), "workers": workers}
     (staging / INFO_NAME).write_text(json.dumps(info) + "\n", encoding="utf-8")
+    write_heartbeat(staging, 0)
     folder = paths.running_of(node_id)
     os.rename(staging, folder)
-    return Node(node_id, folder, lock)
+    heartbeat = Heartbeat(folder, heartbeat_seconds=heartbeat_seconds, lease_seconds=lease_seconds)
+    heartbeat.start()
+    return Node(node_id, folder, lock, heartbeat)
 
 
 def read_info(folder: Path) -> dict[str, object]:
@@ -180,7 +201,7 @@ def remove_dead_folder(folder: Path, lock: FileLock) -> None:
     """Drop an emptied dead daemon's folder (and its scratch); its lock goes last, with the folder."""
     shutil.rmtree(scratch_folder(folder.name), ignore_errors=True)
     try:
-        if not any(is_job_name(name) for name in os.listdir(folder)):
+        if not any(is_job_name(name) or unseized_name(name) for name in os.listdir(folder)):
             shutil.rmtree(folder)
     except OSError as e:
         log.warning("cannot remove dead daemon folder %s: %s", folder, e)

@@ -78,7 +78,10 @@ class Operator:
     def node(self) -> Node:
         if self._node is None:
             self.paths.create()
-            self._node = open_node(self.paths, workers=0, kind=OPERATOR_KIND)
+            self._node = open_node(self.paths, workers=0, kind=OPERATOR_KIND,
+                                   heartbeat_seconds=self.config.heartbeat_seconds,
+                                   lease_seconds=self.config.lease_seconds)
+            self.mover.may_act = self._node.heartbeat.ok
         return self._node
 
     # -- taking and rewriting one file -------------------------------------------------------------
