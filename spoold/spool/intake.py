@@ -152,8 +152,8 @@ class Intake:
             # The target in our own folder is the proof: over NFS a retransmitted rename reports an
             # error after succeeding (docs/design.md, P6), and no one else ever renames into our folder.
             if not os.path.lexists(target):
-                if isinstance(e, FileNotFoundError):
-                    return None  # another daemon (or a person) took it first
+                if isinstance(e, FileNotFoundError) or e.errno == errno.ESTALE:
+                    return None  # another daemon (or a person, or another host) took it first
                 raise
         if early is not None and early.job.id != job_id:
             early = None
