@@ -25,7 +25,8 @@ from conftest import HERE, Project, read_pid, wait_for
 from spoold.spool.lease import HEARTBEAT_NAME, LeaseBook, write_heartbeat
 from spoold.spool.node import this_host
 
-LEASE = {"heartbeat_seconds": "0.25", "lease_seconds": "1.5"}
+HEARTBEAT, LEASE_SECONDS = 0.3, 2.4  # a daemon fences itself 0.6 s before its lease ends
+LEASE = {"heartbeat_seconds": str(HEARTBEAT), "lease_seconds": str(LEASE_SECONDS)}
 
 
 def leased(project: Project, **keys: str) -> None:
@@ -82,7 +83,7 @@ def test_a_dead_daemon_of_another_host_is_recovered_only_past_its_lease(project:
     wait_for(lambda: folder_of(project, job_id) != remote, 10, "the orphan taken over")
     taken = time.monotonic() - killed
     # Its lock was free at once, but a lock may be local to a host: only the lease counts.
-    assert taken >= 1.5 - 0.25, f"taken over after {taken:.2f}s, before the lease of 1.5s"
+    assert taken >= LEASE_SECONDS - HEARTBEAT, f"taken over after {taken:.2f}s, before the lease of {LEASE_SECONDS}s"
     assert "recovered" in project.events(job_id)
 
 
@@ -112,7 +113,7 @@ def test_a_host_whose_monotonic_clock_is_far_off_is_neither_taken_for_dead_nor_t
     start_as_host(project, "skewedhost", clock_offset=3600)  # its monotonic clock an hour ahead
     ids = [project.submit("Sleep", "handle", ["0.3"]) for _ in range(20)]
     wait_for(lambda: all(project.has("done", job_id) for job_id in ids), 30, "every job done")
-    time.sleep(3 * 1.5)  # three leases more, both daemons idle and renewing
+    time.sleep(2 * LEASE_SECONDS)  # two leases more, both daemons idle and renewing
     lines = project.log_lines()
     assert not [line for line in lines if "status=recovered" in line]
     runs = {job_id: project.events(job_id).count("started") for job_id in ids}
@@ -159,9 +160,9 @@ def test_a_daemon_that_cannot_renew_its_lease_stops_its_job_before_the_lease_end
     (folder / HEARTBEAT_NAME).mkdir()  # a real failure of the real rename: the renewal cannot replace it
     (folder / HEARTBEAT_NAME / "x").touch()
     broken = time.monotonic()
-    wait_for(lambda: not Path(f"/proc/{child}").exists(), 5, "the job's child killed")
+    wait_for(lambda: not Path(f"/proc/{child}").exists(), LEASE_SECONDS + 2, "the job's child killed")
     stopped = time.monotonic() - broken
-    assert stopped < 1.5, f"the job ran {stopped:.2f}s after the last renewal, past the lease"
+    assert stopped < LEASE_SECONDS, f"the job ran {stopped:.2f}s after the last renewal, past the lease"
     # Its claim was left for the others: the daemon, joined again, recovers it (same host, lock free).
     wait_for(lambda: project.has("done", job_id) or folder_of(project, job_id) not in (None, folder), 10,
              "the job taken over")
