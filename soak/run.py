@@ -9,6 +9,8 @@ Scenarios (each bounded in time; every process it starts is reaped, also on fail
   burst-50k      50,000 files renamed into medium/ while one daemon runs (file_events = true)
   memory         one daemon, 10,000 no-op jobs: RSS after the first 100 and at the end, growth <= 20 MiB
   crash-points   pytest tests/test_crash_points.py (every fault point, every action)
+  multihost      3 hosts x 2 daemons on a GlusterFS volume (tests/sharedfs.py), 3,000 jobs per fault:
+                 a daemon SIGKILLed, one SIGSTOPped past its lease, one host cut off (tests/multihost.py)
 
 Jobs append their own token to a sentinel file (tests/jobs WriteSentinel), so runs are counted per job.
 Prints the table and writes it as JSON to soak/results/latest.json; exits 1 if any scenario failed
@@ -527,6 +529,48 @@ def classify_failures(text: str) -> tuple[int, int, int]:
     return lost, duplicated, other
 
 
+# -- 7: several hosts on one GlusterFS volume (issue 12) -----------------------------------------------------
+
+
+def multihost(ctx: Context, result: Result) -> None:
+    """tests/multihost.py's three faults, each on a fresh spool of the partition-capable volume."""
+    from multihost import Cluster, run_fault  # tests/ is on sys.path (harness)
+    from sharedfs import Rig, RigError
+
+    rig = Rig()
+    try:
+        rig.start()
+        volume = rig.volume(partition=True)
+        n = ctx.n(3000)
+        for fault in ("kill", "freeze", "cut"):
+            relative = f"soak-{os.getpid()}-{fault}"
+            volume.folders(relative)
+            cluster = Cluster(ctx.root / "multihost" / fault, volume.hosts, f"{relative}/spool")
+            try:
+                outcome = run_fault(cluster, fault, n, timeout=90 + n / 5)
+            finally:
+                cluster.close()
+                shutil.rmtree(volume.hosts[0].mount / relative, ignore_errors=True)
+            result.jobs += n
+            result.faults += 1
+            result.restarts += outcome.rejoined
+            result.lost = (result.lost or 0) + outcome.lost
+            result.duplicated = (result.duplicated or 0) + outcome.ran_twice
+            result.details[fault] = {key: getattr(outcome, key) for key in (
+                "seconds", "takeover_seconds", "fence_seconds", "held", "ran_twice", "runs", "rejoined")}
+            result.details[fault].update(outcome.details)
+            print(f"  [multihost] {fault}: {result.details[fault]}", flush=True)
+            for problem in outcome.problems:
+                result.fail(f"{fault}: {problem}")
+    except RigError as e:
+        result.fail(f"the GlusterFS rig cannot be made here: {e}")
+    finally:
+        rig.close()
+    result.verified = ("3 hosts x 2 daemons on GlusterFS, per fault: every job in done/ exactly once, nothing left "
+                       "in running/, runs twice only for jobs the faulted daemon held, fenced daemons wrote back "
+                       "nothing they lost and joined again, every daemon exited 0 on SIGTERM")
+
+
 # -- running, the table, the JSON -----------------------------------------------------------------------------
 
 SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
@@ -536,6 +580,7 @@ SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
     ("burst-50k", burst),
     ("memory", memory),
     ("crash-points", crash_points),
+    ("multihost", multihost),
 ]
 
 

@@ -149,7 +149,13 @@ class Daemon:
             self.start_threads()
             while True:
                 now = time.time()
-                self.loop_once(now)
+                try:
+                    self.loop_once(now)
+                except OSError as e:  # the spool's filesystem failed under us (a cut-off mount): the next pass retries
+                    log.error("a pass of the loop failed, trying again: %s", e)
+                    if not self.node.heartbeat.fenced:
+                        self.waker.sleep(min(1.0, self.config.rescan_seconds))
+                        continue
                 if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
                 self.waker.sleep(self.sleep_seconds(time.time()))

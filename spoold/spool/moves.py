@@ -54,6 +54,8 @@ class Mover:
             if isinstance(e, FileNotFoundError) or e.errno == errno.ESTALE:
                 raise LostClaim(f"claim {claimed} is gone; not writing it back") from e
             raise
+        if not self.may_act():  # the rename hung (a cut-off mount) past our lease: the copy is the others' now
+            raise Fenced(f"{claimed.name}: our lease ended while we seized it; not writing it back")
         return seized
 
     def remove_stale(self) -> None:

@@ -132,7 +132,10 @@ class Node:
             except OSError as e:
                 log.debug("node=%s cannot remove %s yet: %s", self.id, self.folder, e)
         self.heartbeat.stop()
-        self.lock.release(force=True)
+        try:
+            self.lock.release(force=True)
+        except OSError as e:  # EBADFD: a lock the file server dropped while we were cut off (strict-locks)
+            log.warning("node=%s: its lock was lost already (%s)", self.id, e)
 
 
 def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seconds: float = 5.0,

@@ -7,6 +7,7 @@ ordered by when a file entered it (st_ctime), then by name, so the oldest job ru
 from __future__ import annotations
 
 import heapq
+import logging
 import os
 import stat
 from collections.abc import Callable, Iterator
@@ -14,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from spoold.paths import READY, SpoolPaths, is_job_name
+
+log = logging.getLogger(__name__)
 
 SCAN_CHUNK = 2000  # entries a rescan reads at once: a backlog this small is ordered before any job starts
 SCAN_STEP = 250  # entries read per pass of the loop after that (about 2 ms), so jobs keep flowing
@@ -111,8 +114,13 @@ class ReadyIndex:
                     listing = os.scandir(self.paths.ready(scan.priority))
                 except FileNotFoundError:
                     continue
+                except OSError as e:
+                    return self._abandon(scan, e)
                 scan.entries, scan.close = listing, listing.close
-            entry = next(scan.entries, None)
+            try:
+                entry = next(scan.entries, None)
+            except OSError as e:
+                return self._abandon(scan, e)
             if entry is None:
                 scan.close()
                 scan.entries = None
@@ -122,6 +130,14 @@ class ReadyIndex:
         else:
             return False
         self._swap_in(scan)
+        return True
+
+    def _abandon(self, scan: _Scan, error: OSError) -> bool:
+        """A ready folder cannot be listed (a hung or cut-off network mount: ENOTCONN, EIO): this scan ends
+        here and the index keeps what it knew; the next rescan tries again."""
+        log.warning("cannot list the ready folders (%s); the next rescan tries again", error)
+        scan.close()
+        self.scan = None
         return True
 
     def _swap_in(self, scan: _Scan) -> None:
