@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import HERE, Project, read_pid, wait_for
+from conftest import HERE, Project, process_gone, read_pid, wait_for
 
 from spoold.spool.lease import HEARTBEAT_NAME, LeaseBook, write_heartbeat
 from spoold.spool.node import this_host
@@ -160,7 +160,7 @@ def test_a_daemon_that_cannot_renew_its_lease_stops_its_job_before_the_lease_end
     (folder / HEARTBEAT_NAME).mkdir()  # a real failure of the real rename: the renewal cannot replace it
     (folder / HEARTBEAT_NAME / "x").touch()
     broken = time.monotonic()
-    wait_for(lambda: not Path(f"/proc/{child}").exists(), LEASE_SECONDS + 2, "the job's child killed")
+    wait_for(lambda: process_gone(child), LEASE_SECONDS + 2, "the job's child killed")
     stopped = time.monotonic() - broken
     assert stopped < LEASE_SECONDS, f"the job ran {stopped:.2f}s after the last renewal, past the lease"
     # Its claim was left for the others: the daemon, joined again, recovers it (same host, lock free).

@@ -27,7 +27,7 @@ from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_na
 from spoold.spool.fsio import read_bounded
 from spoold.spool.intake import Claim, Intake
 from spoold.spool.lease import LeaseBook
-from spoold.spool.moves import Mover
+from spoold.spool.moves import TAKEN_CHECK, Mover
 from spoold.spool.node import OPERATOR_KIND, host_of, other_nodes, remove_dead_folder, this_host, try_lock_dead
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,16 @@ class Orphan:
     claimed: Path
     settled: Settled
     dead_node: str
+
+
+def _opens(path: Path) -> bool:
+    """True if the file can be opened now: a round trip to the file server, where a lookup may be cached."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
+    except OSError:
+        return False
+    os.close(fd)
+    return True
 
 
 @dataclass
@@ -104,13 +114,16 @@ class Recovery:
     def _held_elsewhere(self, job_id: str, dead: Path) -> bool:
         """The id stands in a later state: a state folder, or a live node's running/ folder, ours included
         (a retry linked into a ready folder just before its daemon died may have been claimed again already,
-        by us or by another daemon, before its stale copy is found here; docs/design.md, P18)."""
-        if self.mover.id_taken(job_id):
-            return True
+        by us or by another daemon, before its stale copy is found here; docs/design.md, P18).
+
+        Each candidate is opened, not only looked up: on a network filesystem a name moved away may still
+        be seen for a second (GlusterFS's caches), and the copy here is deleted on this answer."""
         name = job_id + JOB_SUFFIX
-        nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
         seized = seized_name(name)  # a live node moving it out right now holds it too
-        return any(os.path.lexists(node / name) or os.path.lexists(node / seized) for node in nodes if node != dead)
+        nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
+        candidates = [self.paths.root / folder / name for folder in TAKEN_CHECK]
+        candidates += [node / each for node in nodes if node != dead for each in (name, seized)]
+        return any(os.path.lexists(path) and _opens(path) for path in candidates)
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
