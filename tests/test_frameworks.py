@@ -55,6 +55,13 @@ def django_env(project: Project) -> dict[str, str]:
     return dict(project.env(), DJANGO_SETTINGS_MODULE="djsite.settings")
 
 
+def drain_django(project: Project, *, timeout: float) -> None:
+    """`spoold start --drain` with the Django settings in its environment, as `manage.py` would have them."""
+    drained = subprocess.run([sys.executable, "-m", "spoold", "start", "--drain", "--config", str(project.config)],
+                             cwd=project.root, env=django_env(project), capture_output=True, text=True, timeout=timeout)
+    assert drained.returncode == 0, drained.stderr
+
+
 def manage(project: Project, *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run([sys.executable, "-m", "django", *args], cwd=project.root, env=django_env(project),
                             capture_output=True, text=True, timeout=120)
@@ -72,9 +79,7 @@ def test_500_orm_jobs_on_two_workers_write_every_row_with_setup_once_per_process
     manage(project, "enqueue_notes", "500")  # submits from transaction.on_commit
     assert len(project.names("medium")) == 500
 
-    drained = subprocess.run([sys.executable, "-m", "spoold", "start", "--drain", "--config", str(project.config)],
-                             cwd=project.root, env=django_env(project), capture_output=True, text=True, timeout=200)
-    assert drained.returncode == 0, drained.stderr
+    drain_django(project, timeout=200)
 
     assert len(project.names("done")) == 500
     assert project.names("failed") == [] and project.names("rejected") == []
@@ -100,9 +105,7 @@ def test_django_jobs_under_spawn_bootstrap_in_each_child(tmp_path: Path) -> None
                                 allowed="CreateNote", start_method="spawn", isolation="process")
     manage(project, "migrate", "--run-syncdb", "--verbosity", "0")
     manage(project, "enqueue_notes", "8")
-    drained = subprocess.run([sys.executable, "-m", "spoold", "start", "--drain", "--config", str(project.config)],
-                             cwd=project.root, env=django_env(project), capture_output=True, text=True, timeout=100)
-    assert drained.returncode == 0, drained.stderr
+    drain_django(project, timeout=100)
     assert len(project.names("done")) == 8 and project.names("failed") == []
     with sqlite3.connect(project.root / "db.sqlite3") as db:
         writers = {pid for (pid,) in db.execute("SELECT pid FROM notes_note")}
@@ -130,9 +133,7 @@ def test_a_fork_server_child_does_not_reuse_a_connection_the_server_opened(tmp_p
         + "\nfrom django.db import connection\n\nSERVER_CONNECTION = id(connection.cursor().connection)\n")
     manage(project, "migrate", "--run-syncdb", "--verbosity", "0")
     manage(project, "enqueue_notes", "20")
-    drained = subprocess.run([sys.executable, "-m", "spoold", "start", "--drain", "--config", str(project.config)],
-                             cwd=project.root, env=django_env(project), capture_output=True, text=True, timeout=100)
-    assert drained.returncode == 0, drained.stderr
+    drain_django(project, timeout=100)
     assert len(project.names("done")) == 20 and project.names("failed") == []
 
 
