@@ -121,9 +121,11 @@ class Recovery:
         name = job_id + JOB_SUFFIX
         seized = seized_name(name)  # a live node moving it out right now holds it too
         nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
-        candidates = [self.paths.root / folder / name for folder in TAKEN_CHECK]
-        candidates += [node / each for node in nodes if node != dead for each in (name, seized)]
-        return any(os.path.lexists(path) and _opens(path) for path in candidates)
+        states = [self.paths.root / folder / name for folder in TAKEN_CHECK]
+        running = [node / each for node in nodes if node != dead for each in (name, seized)]
+        # The job may be moving while we look (our own committer commits it, another daemon claims it): the
+        # running folders before the states catch a commit, the states before the running folders a claim.
+        return any(os.path.lexists(path) and _opens(path) for path in (*running, *states, *states, *running))
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
