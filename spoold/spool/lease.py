@@ -12,7 +12,6 @@ passed since its last renewal began: before any checker can decide it is dead.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -112,8 +111,7 @@ class Heartbeat:
         self.on_fence()
 
     def start(self) -> None:
-        """Renew now (the node is not published without a heartbeat), then keep renewing and watching."""
-        write_heartbeat(self.folder, 0)
+        """Keep renewing and watching; the first heartbeat was written before the node was published."""
         for target, name in ((self._renew_loop, "lease-renew"), (self._watch_loop, "lease-watch")):
             thread = threading.Thread(target=target, name=name, daemon=True)
             thread.start()
@@ -163,6 +161,4 @@ class LeaseBook:
 
     def forget(self, names: set[str]) -> None:
         """Drop what we remember of nodes whose folders are gone."""
-        for name in set(self.seen) - names:
-            with contextlib.suppress(KeyError):
-                del self.seen[name]
+        self.seen = {name: seen for name, seen in self.seen.items() if name in names}
