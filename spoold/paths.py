@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -117,19 +118,25 @@ class SpoolPaths:
         for name in STATE_FOLDERS:
             (self.root / name).mkdir(parents=True, exist_ok=True)
 
-    def find_job(self, job_id: str) -> Path | None:
-        """Where the job with this id is now: a stat per state folder, then one per node folder in running/.
+    def find_job(self, job_id: str, *, skip_node: Path | None = None,
+                 exists: Callable[[Path], bool] = os.path.lexists) -> Path | None:
+        """Where the job with this id is now: a look per state folder, then per node folder in running/
+        (its claimed name or the hidden name of a commit under way), then the state folders again.
 
+        The job may move while we look; every move links its new name before it drops the old one, or is
+        one rename, so states, then running, then states again cannot miss it (docs/design.md, P12).
         done/ and failed/ are flat (README, Retention), so they are never listed: this runs at every
         chain hand-off, and listing a large done/ would make that cost grow with the archive.
+        `skip_node`: a node folder not to look in; `exists`: how a name is checked.
         """
         name = job_id + JOB_SUFFIX
-        for folder in RESTING_FOLDERS:
-            path = self.root / folder / name
-            if path.exists():
-                return path
-        try:
+        states = [self.root / folder / name for folder in RESTING_FOLDERS]
+        found = next((path for path in states if exists(path)), None)
+        if found is not None:
+            return found
+        try:  # listed only now: a job missing above is in a node folder that exists by now
             nodes = [Path(entry.path) for entry in os.scandir(self.running) if entry.is_dir(follow_symlinks=False)]
         except FileNotFoundError:
-            return None
-        return next((node / name for node in nodes if (node / name).exists()), None)
+            nodes = []
+        running = [node / each for node in nodes if node != skip_node for each in (name, seized_name(name))]
+        return next((path for path in (*running, *states) if exists(path)), None)

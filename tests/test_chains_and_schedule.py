@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -318,3 +320,59 @@ def test_a_parent_rerun_after_its_daemon_died_does_not_hand_its_step_on_twice(
     assert step_runs.read_text(encoding="utf-8") == "step\n"
     assert project.events(step) == []
     assert not dead.exists()
+
+
+# A process claiming and committing jobs one after another the way a daemon does, each move adding its
+# new name before it drops the old one: claimed (rename), seized for its commit (rename), linked into
+# done/ and unlinked. It publishes the index of the job it is moving, for the looker to look that one up.
+COMMITTER = r"""
+import mmap, os, struct, sys
+root, count = sys.argv[1], int(sys.argv[2])
+node = os.path.join(root, "running", "node-1")
+for i in range(count):
+    with open(os.path.join(root, "medium", f"job-{i}.json"), "w") as f:
+        f.write("{}")
+with open(os.path.join(root, "frontier"), "wb") as f:
+    f.write(bytes(8))
+with open(os.path.join(root, "frontier"), "r+b") as f:
+    frontier = mmap.mmap(f.fileno(), 8)
+print("moving", flush=True)
+for i in range(count):
+    frontier[:8] = struct.pack("q", i)
+    name = f"job-{i}.json"
+    claimed, seized = os.path.join(node, name), os.path.join(node, "." + name + ".moving")
+    os.rename(os.path.join(root, "medium", name), claimed)
+    os.rename(claimed, seized)
+    os.link(seized, os.path.join(root, "done", name))
+    os.unlink(seized)
+print("done", flush=True)
+"""
+
+
+def test_the_chain_step_lookup_finds_a_step_while_a_daemon_claims_and_commits_it(tmp_path: Path) -> None:
+    """The parent run again after a crash looks for its step while another daemon moves it (F17): it is
+    in ready, claimed, seized for its commit (`.ID.json.moving`) or in done/, and never looked over."""
+    import mmap
+    import struct
+
+    from spoold.paths import SpoolPaths
+
+    spool, count = tmp_path / "spool", 20_000
+    for folder in ("medium", "done", "running/node-1"):
+        (spool / folder).mkdir(parents=True)
+    paths, seen = SpoolPaths(spool), dict[str, int]()
+    with subprocess.Popen([sys.executable, "-c", COMMITTER, str(spool), str(count)], stdout=subprocess.PIPE,
+                          text=True) as mover:
+        try:
+            assert mover.stdout is not None and mover.stdout.readline() == "moving\n"
+            with (spool / "frontier").open("rb") as f, mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ) as frontier:
+                while mover.poll() is None:
+                    job_id = f"job-{struct.unpack('q', frontier[:8])[0]}"
+                    found = paths.find_job(job_id)
+                    assert found is not None, f"{job_id} looked over while it moved ({seen})"
+                    where = "seized" if found.name.startswith(".") else found.parent.name
+                    seen[where] = seen.get(where, 0) + 1
+            assert mover.wait(10) == 0 and mover.stdout.readline() == "done\n"
+        finally:
+            mover.kill()
+    assert sum(seen.values()) > 1000 and {"medium", "node-1", "seized", "done"} <= set(seen), seen

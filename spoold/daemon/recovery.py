@@ -23,11 +23,11 @@ from spoold.config import Config
 from spoold.errors import JobRejected
 from spoold.job import Job, JobStatus, decode_document
 from spoold.outcomes import Settled, ready_folder, settle_orphan
-from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name, seized_name, unseized_name
+from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name, unseized_name
 from spoold.spool.fsio import read_bounded
 from spoold.spool.intake import Claim, Intake
 from spoold.spool.lease import LeaseBook
-from spoold.spool.moves import TAKEN_CHECK, Mover
+from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, host_of, other_nodes, remove_dead_folder, this_host, try_lock_dead
 
 log = logging.getLogger(__name__)
@@ -116,16 +116,12 @@ class Recovery:
         (a retry linked into a ready folder just before its daemon died may have been claimed again already,
         by us or by another daemon, before its stale copy is found here; docs/design.md, P18).
 
-        Each candidate is opened, not only looked up: on a network filesystem a name moved away may still
-        be seen for a second (GlusterFS's caches), and the copy here is deleted on this answer."""
-        name = job_id + JOB_SUFFIX
-        seized = seized_name(name)  # a live node moving it out right now holds it too
-        nodes = [self.paths.running_of(self.own_id), *other_nodes(self.paths, self.own_id)]
-        states = [self.paths.root / folder / name for folder in TAKEN_CHECK]
-        running = [node / each for node in nodes if node != dead for each in (name, seized)]
-        # The job may be moving while we look (our own committer commits it, another daemon claims it): the
-        # running folders before the states catch a commit, the states before the running folders a claim.
-        return any(os.path.lexists(path) and _opens(path) for path in (*running, *states, *states, *running))
+        The job may be moving while we look (our own committer commits it, another daemon claims it):
+        find_job's order of looks catches it. Each candidate is opened, not only looked up: on a network
+        filesystem a name moved away may still be seen for a second (GlusterFS's caches), and the copy
+        here is deleted on this answer."""
+        found = self.paths.find_job(job_id, skip_node=dead, exists=lambda path: os.path.lexists(path) and _opens(path))
+        return found is not None
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name

@@ -19,7 +19,7 @@ from spoold.config import Config
 from spoold.errors import JobRejected
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
-from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id
+from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id, unseized_name
 from spoold.spool.fsio import read_bounded_stat
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node
@@ -179,7 +179,7 @@ class Intake:
                 return Deferred(mtime + config.settle_seconds)
             self.reject(target, str(e), dropped_as=name)
             return None
-        if job_id + JOB_SUFFIX != name:
+        if job_id + JOB_SUFFIX != (unseized_name(name) or name):  # a recovered seized claim keeps its name
             job.doc["source_name"] = printable_name(name)
         if folder.name in READY:
             job.doc["priority"] = folder.name  # for a dropped file, the folder wins (SPEC §3): retries go back there
