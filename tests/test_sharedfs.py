@@ -190,3 +190,76 @@ def test_an_auto_daemon_on_one_host_picks_up_jobs_dropped_through_another_host_i
     assert code == 0
     assert "observer: polling (spool on fuse.glusterfs)" in out
     assert p50 < 0.3 and p99 < 1.0, latencies
+
+
+def test_a_name_another_host_renamed_or_deleted_still_opens_here_for_a_moment(shared_dir: list[Path]) -> None:
+    """What H6 of docs/design.md rests on: B looked a file up, then A renamed or deleted it; for about a
+    second B still finds it under its old name (lstat, open and read succeed, from caches), and only
+    B's listing of the folder is right. A renamed file is the very file, with one link."""
+    a, b = shared_dir[:2]
+    (a / "medium").mkdir()
+    (a / "node").mkdir()
+    ghosts = 0
+    for n in range(20):
+        name = f"{n}.json"
+        _create(a / "medium" / name, b"{}")
+        os.lstat(b / "medium" / name)  # B has looked it up
+        renamed = n % 2 == 0
+        if renamed:
+            os.rename(a / "medium" / name, a / "node" / name)
+        else:
+            os.unlink(a / "medium" / name)
+        old = b / "medium" / name
+        if os.path.lexists(old):
+            fd = os.open(old, os.O_RDONLY)
+            try:
+                assert os.read(fd, 10) == b"{}"
+            finally:
+                os.close(fd)
+            assert name not in os.listdir(b / "medium"), "the server's listing is right"
+            if renamed:
+                seen, real = os.lstat(old), os.lstat(b / "node" / name)
+                assert (seen.st_ino, seen.st_nlink) == (real.st_ino, 1)
+            ghosts += 1
+    assert ghosts >= 16, f"only {ghosts} of 20 names were still found: the caches changed, see H6"
+
+
+def test_recovery_adopts_a_dead_hosts_claim_that_a_cache_still_shows_in_its_ready_folder(
+        project: Project, shared_dir: list[Path]) -> None:
+    """A claims a job B has just looked at, and dies; B recovers it within the second its cache still
+    shows the job in medium/. B must adopt the one copy under its own id, not delete it as the stale
+    leftover of a later state (how a job was lost in the long cut scenario)."""
+    from dataclasses import replace
+
+    from spoold.config import load_config
+    from spoold.daemon.recovery import Recovery
+    from spoold.logs import EventLog
+    from spoold.paths import SpoolPaths
+    from spoold.spool.intake import Intake
+    from spoold.spool.moves import Mover
+    from spoold.spool.node import open_node, this_host
+
+    a, b = (folder / "spool" for folder in shared_dir[:2])
+    project.configure()
+    config = replace(load_config(project.config), spool_dir=b)
+    paths = SpoolPaths(b)
+    paths.create()
+    node = open_node(paths, workers=1)
+    mover = Mover(paths)
+    recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+    try:
+        for n in range(5):
+            job_id = f"seen-{n}"
+            _create(a / "medium" / f"{job_id}.json", json.dumps({"class": "Echo", "params": [n]}).encode())
+            os.lstat(b / "medium" / f"{job_id}.json")  # B's intake looked at it
+            dead = a / "running" / f"{this_host()}-4242-dead{n}"  # of B's host: dead once its lock is free
+            dead.mkdir()
+            (dead / ".lock").touch()
+            os.rename(a / "medium" / f"{job_id}.json", dead / f"{job_id}.json")  # A claims it, then dies
+            assert os.path.lexists(b / "medium" / f"{job_id}.json"), "no stale name to test against"
+            orphans = recovery.recover_dead(config, time.time())
+            assert [o.job.id for o in orphans] == [job_id], f"{job_id}: not adopted ({orphans})"
+            assert orphans[0].claimed == node.folder / f"{job_id}.json" and orphans[0].claimed.exists()
+            assert "source_name" not in orphans[0].job.doc
+    finally:
+        node.close()

@@ -24,7 +24,7 @@ from spoold.errors import JobRejected
 from spoold.job import Job, JobStatus, decode_document
 from spoold.outcomes import Settled, ready_folder, settle_orphan
 from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name, unseized_name
-from spoold.spool.fsio import read_bounded
+from spoold.spool.fsio import listed, read_bounded, renamed_from
 from spoold.spool.intake import Claim, Intake
 from spoold.spool.lease import LeaseBook
 from spoold.spool.moves import Mover
@@ -41,16 +41,6 @@ class Orphan:
     claimed: Path
     settled: Settled
     dead_node: str
-
-
-def _opens(path: Path) -> bool:
-    """True if the file can be opened now: a round trip to the file server, where a lookup may be cached."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except OSError:
-        return False
-    os.close(fd)
-    return True
 
 
 @dataclass
@@ -111,17 +101,20 @@ class Recovery:
         self.mover.commit(job, path, folder)
         log.info("job=%s put back in %s/ after its operator command died", job.id, folder)
 
-    def _held_elsewhere(self, job_id: str, dead: Path) -> bool:
+    def _held_elsewhere(self, job_id: str, copy: Path) -> bool:
         """The id stands in a later state: a state folder, or a live node's running/ folder, ours included
         (a retry linked into a ready folder just before its daemon died may have been claimed again already,
         by us or by another daemon, before its stale copy is found here; docs/design.md, P18).
 
         The job may be moving while we look (our own committer commits it, another daemon claims it):
-        find_job's order of looks catches it. Each candidate is opened, not only looked up: on a network
-        filesystem a name moved away may still be seen for a second (GlusterFS's caches), and the copy
-        here is deleted on this answer."""
-        found = self.paths.find_job(job_id, skip_node=dead, exists=lambda path: os.path.lexists(path) and _opens(path))
-        return found is not None
+        find_job's order of looks catches it. The copy here is deleted on this answer, so a candidate
+        counts only if it is another file, or this one linked there for real, and its folder lists it:
+        on a network filesystem a name moved away or deleted may still be looked up, opened and read for
+        a second (GlusterFS's caches; docs/design.md, H6). Only a name that looks present is listed for."""
+        def other(path: Path) -> bool:
+            return os.path.lexists(path) and not renamed_from(path, copy) and listed(path)
+
+        return self.paths.find_job(job_id, skip_node=copy.parent, exists=other) is not None
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
@@ -130,7 +123,7 @@ class Recovery:
             path.unlink(missing_ok=True)  # a --now rewrite cut short: the claim's own name holds the newer copy
             return []
         job_id = id_from_name(plain)
-        if job_id is not None and self._held_elsewhere(job_id, folder):
+        if job_id is not None and self._held_elsewhere(job_id, path):
             log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
             path.unlink(missing_ok=True)
             return []

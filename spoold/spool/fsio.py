@@ -57,6 +57,30 @@ def same_file(a: Path, b: Path) -> bool:
     return (first.st_ino, first.st_dev) == (second.st_ino, second.st_dev)
 
 
+def renamed_from(name: str | os.PathLike[str], ours: str | os.PathLike[str]) -> bool:
+    """True if `name` is only our file `ours` seen under a name it was renamed away from.
+
+    A network client may show a file under its old name for a second after another host renamed it
+    (GlusterFS's entry cache), and opening that name reaches the file itself. A file linked there for
+    real (a move cut short between its link and its unlink) has two links, and is not this."""
+    try:
+        first, second = os.lstat(name), os.lstat(ours)
+    except OSError:
+        return False
+    return (first.st_ino, first.st_dev) == (second.st_ino, second.st_dev) and max(first.st_nlink,
+                                                                                   second.st_nlink) < 2
+
+
+def listed(path: Path) -> bool:
+    """True if `path`'s folder lists its name. A listing is answered by the file server, where a lookup,
+    an open or a read may be answered from a network client's cache (docs/design.md, H6)."""
+    try:
+        with os.scandir(path.parent) as entries:
+            return any(entry.name == path.name for entry in entries)
+    except OSError:
+        return False
+
+
 def link_no_replace(src: Path, dst: Path) -> bool:
     """link(src, dst); False when the filesystem has no hard links. NameTaken if dst exists."""
     try:

@@ -183,7 +183,7 @@ class Intake:
             job.doc["source_name"] = printable_name(name)
         if folder.name in READY:
             job.doc["priority"] = folder.name  # for a dropped file, the folder wins (SPEC §3): retries go back there
-        if self.mover.id_taken(job_id):
+        if self.mover.id_taken(job_id, besides=target):
             job.doc.setdefault("source_name", printable_name(name))
             job.id = new_job_id()
             fresh = self.node.folder / (job.id + JOB_SUFFIX)

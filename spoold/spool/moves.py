@@ -16,7 +16,7 @@ from pathlib import Path
 from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
-from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, write_tmp
+from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, renamed_from, write_tmp
 
 log = logging.getLogger(__name__)
 TAKEN_CHECK = (*READY, Folder.SCHEDULED, Folder.DONE, Folder.FAILED, Folder.REJECTED)
@@ -69,12 +69,13 @@ class Mover:
             self.stale.remove(path)
 
     def id_taken(self, job_id: str, *, besides: Path | None = None) -> bool:
-        """True if another file in a state folder already has this id (docs/design.md, F15)."""
+        """True if another file in a state folder already has this id (docs/design.md, F15). `besides`:
+        our own copy, which does not count, not even where a client cache still shows it (H6)."""
         root, name = os.fspath(self.paths.root), job_id + JOB_SUFFIX
         skip = os.fspath(besides) if besides is not None else None
         for folder in TAKEN_CHECK:  # plain strings: this runs at every claim
             path = os.path.join(root, folder, name)
-            if path != skip and os.path.lexists(path):
+            if path != skip and os.path.lexists(path) and not (skip is not None and renamed_from(path, skip)):
                 return True
         return False
 
