@@ -89,6 +89,40 @@ def test_a_dead_daemon_of_another_host_is_recovered_only_once_its_lease_has_pass
     assert [o.job.id for o in orphans] == ["orphan-2"] and not dead.exists()
 
 
+def test_a_frozen_owner_past_its_lease_loses_each_new_claim_and_is_warned_about_once(
+        spool: tuple[Config, SpoolPaths, Node], caplog: pytest.LogCaptureFixture) -> None:
+    """Another host's node past its lease whose lock is still held (frozen, or a lock local to its host):
+    its folder is emptied at every pass but left to it, and the warning is said once, not every pass."""
+    import subprocess
+    import sys
+
+    config, paths, node = spool
+    config = replace(config, heartbeat_seconds=0.1, lease_seconds=0.3)
+    mover = Mover(paths)
+    dead = _dead_daemon_with(paths, "frozen-1", {"class": "Echo", "params": ["x"]}, host="otherhost")
+    write_heartbeat(dead, 1)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, filelock; lock = filelock.FileLock(sys.argv[1]); "
+                               "lock.acquire(); print('held', flush=True); sys.stdin.read()", str(dead / ".lock")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        recovery = Recovery(paths, node.id, Intake(node, mover, EventLog(config.log_dir)), mover)
+        adopted: list[str] = []
+        deadline = time.monotonic() + 10
+        while len(adopted) < 2 and time.monotonic() < deadline:
+            found = [orphan.job.id for orphan in recovery.recover_dead(config, time.time())]
+            if found == ["frozen-1"]:  # the woken owner's next claim lands there: taken at the next pass
+                (dead / "frozen-2.json").write_text(json.dumps({"class": "Echo", "params": ["y"]}))
+            adopted += found
+            time.sleep(0.05)
+        assert adopted == ["frozen-1", "frozen-2"] and dead.is_dir(), "emptied, but left to its owner"
+        warnings = [r.getMessage() for r in caplog.records if "has not renewed its lease" in r.getMessage()]
+        assert warnings == [f"node={dead.name} has not renewed its lease for 0.3s: taking its jobs over"]
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
 def test_a_claim_its_dead_daemon_had_begun_to_move_out_is_recovered_as_its_job(
         spool: tuple[Config, SpoolPaths, Node]) -> None:
     config, paths, node = spool

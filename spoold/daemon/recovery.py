@@ -52,6 +52,7 @@ class Recovery:
     intake: Intake
     mover: Mover
     book: LeaseBook = field(default_factory=lambda: LeaseBook(30.0))
+    warned: set[str] = field(default_factory=set)  # nodes past their lease whose frozen owner keeps the lock
 
     def is_dead(self, folder: Path, lease_seconds: float) -> tuple[bool, FileLock | None]:
         """Whether the node of `folder` is dead, and its lock if we now hold it (None: a frozen owner
@@ -69,12 +70,15 @@ class Recovery:
         """Empty every dead daemon's folder: its orphans are claimed and returned, for the caller to write."""
         orphans: list[Orphan] = []
         nodes = other_nodes(self.paths, self.own_id)
-        self.book.forget({folder.name for folder in nodes})
+        names = {folder.name for folder in nodes}
+        self.book.forget(names)
+        self.warned &= names
         for folder in nodes:
             dead, lock = self.is_dead(folder, config.lease_seconds)
             if not dead:
                 continue
-            if lock is None:
+            if lock is None and folder.name not in self.warned:  # its folder stays: said once, not every pass
+                self.warned.add(folder.name)
                 log.warning("node=%s has not renewed its lease for %gs: taking its jobs over", folder.name,
                             config.lease_seconds)
             try:
