@@ -36,9 +36,7 @@ def cluster(tmp_path: Path, partition_dir: list[Path], sharedfs_partition: Volum
 
 
 @pytest.mark.timeout(200)
-# The cut runs in `make soak` only, for now: on a loaded CI machine it once waited past its 200 s for a
-# job (see the issue 12 note: a job lost in the long cut scenario is still being found).
-@pytest.mark.parametrize("fault", ["kill", "freeze", pytest.param("cut", marks=pytest.mark.soak)])
+@pytest.mark.parametrize("fault", ["kill", "freeze", "cut"])
 def test_three_hosts_lose_no_job_and_run_none_twice_but_the_faulted_daemons_when(cluster: Cluster, fault: str) -> None:
     outcome = run_fault(cluster, fault, JOBS)
     print(f"{fault}: {outcome}")
