@@ -14,6 +14,7 @@ from typing import Any, Literal
 from spoold.errors import ConfigError
 from spoold.job import NAME_PATTERN, PRIORITIES
 from spoold.paths import Priority
+from spoold.periodic import Entry, EntryError, parse_entry
 
 CONFIG_NAME = "bgjobs.toml"
 ENV_VAR = "BGJOBS_CONFIG"
@@ -79,6 +80,8 @@ class Config:
     job_priority: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     retry_on: Mapping[str, RetryRule] = field(default_factory=lambda: MappingProxyType({}))
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    schedule: Mapping[str, Entry] = field(default_factory=lambda: MappingProxyType({}))
+    concurrency: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def root(self) -> Path:
@@ -218,7 +221,7 @@ DASHBOARD_KEYS: dict[str, Callable[[Any], Any]] = {
     "token": _string,
     "read_token": _string,
 }
-TABLES = ("allowed_jobs", "job_priority", "retry_on", "dashboard")
+TABLES = ("allowed_jobs", "job_priority", "retry_on", "dashboard", "schedule", "concurrency")
 
 
 def find_config(explicit: str | os.PathLike[str] | None = None, *, start: Path | None = None) -> Path:
@@ -294,6 +297,26 @@ def _dashboard(path: Path, table: dict[str, Any]) -> DashboardSettings:
     return DashboardSettings(**values)
 
 
+def _schedule(path: Path, table: dict[str, Any], allowed: Mapping[str, tuple[str, ...]]) -> dict[str, Entry]:
+    """NAME = { class = "C", cron = "..." } or every = "15m" (SPEC §12); the key names the entry and its field."""
+    entries = {}
+    for name, value in table.items():
+        try:
+            entries[name] = parse_entry(name, value, allowed)
+        except EntryError as e:
+            raise ConfigError(path, ".".join(filter(None, ("schedule", name, e.key))), e.problem) from e
+    return entries
+
+
+def _concurrency(path: Path, table: dict[str, Any], allowed: Mapping[str, tuple[str, ...]]) -> dict[str, int]:
+    """CLASS = N (SPEC §12); a class that is not allowed never runs, so its limit is a mistake."""
+    limits = _convert_table(path, "concurrency", table, _integer(1))
+    for name in limits:
+        if name not in allowed:
+            raise ConfigError(path, f"concurrency.{name}", "expected a class listed in [allowed_jobs]")
+    return limits
+
+
 def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     """Check a decoded bgjobs.toml and build the Config; ConfigError names the file and key."""
     unknown = sorted(set(raw) - set(SCALARS) - set(TABLES))
@@ -316,9 +339,11 @@ def parse_config(path: Path, raw: dict[str, Any]) -> Config:
     allowed = _convert_table(path, "allowed_jobs", _table(path, raw, "allowed_jobs"), _methods)
     priority = _convert_table(path, "job_priority", _table(path, raw, "job_priority"), _choice(*PRIORITIES))
     retry_on = _convert_table(path, "retry_on", _table(path, raw, "retry_on"), _retry_rule)
+    schedule = _schedule(path, _table(path, raw, "schedule"), allowed)
+    concurrency = _concurrency(path, _table(path, raw, "concurrency"), allowed)
     return Config(path=path, allowed_jobs=MappingProxyType(allowed), job_priority=MappingProxyType(priority),
                   retry_on=MappingProxyType(retry_on), dashboard=_dashboard(path, _table(path, raw, "dashboard")),
-                  **values)
+                  schedule=MappingProxyType(schedule), concurrency=MappingProxyType(concurrency), **values)
 
 
 def load_config(path: Path) -> Config:

@@ -88,6 +88,16 @@ TABLE_DOCS: dict[str, tuple[str, tuple[str, ...]]] = {
                   "override the tokens.",
                   ('host = "127.0.0.1"', "port = 8350", 'token = "a long random string"  # admin: may retry and cancel',
                    'read_token = "another one"        # may only look')),
+    "schedule": ("Periodic jobs: each slot is submitted once per spool, as the job cron-NAME-YYYYMMDDTHHMMSSZ (its "
+                 'due time in UTC). every = "15m" (s, m, h, d) falls on multiples of the interval since 1970-01-01 '
+                 "UTC; cron is read in timezone (default UTC) and needs pip install 'spoold[cron]'. The class "
+                 "must be in [allowed_jobs].",
+                 ('nightly_report = { class = "LessonCreatedService", cron = "0 3 * * *", timezone = "Europe/Paris" }',
+                  'refresh = { class = "LessonCreatedService", method = "handle", params = [], every = "15m", '
+                  'priority = "low" }')),
+    "concurrency": ("At most N jobs of a class run at once across every daemon on the spool; the others wait "
+                    "in their ready folder without spending attempts. The class must be in [allowed_jobs].",
+                    ("LessonCreatedService = 2",)),
 }
 TITLE = "# bgjobs.toml: the configuration of spoold. Paths are relative to this file."
 
@@ -118,6 +128,8 @@ def render_default_config(*, allowed_jobs: Mapping[str, Sequence[str]] | None = 
         "job_priority": dict(job_priority or {}),
         "retry_on": {},
         "dashboard": {},
+        "schedule": {},
+        "concurrency": {},
     }
     for name, entries in tables.items():
         comment, examples = TABLE_DOCS[name]
