@@ -128,6 +128,8 @@ def parse_entry(name: str, value: Any, allowed_jobs: Mapping[str, Sequence[str]]
     """A [schedule] entry from its TOML table; EntryError names the key at fault."""
     _check_shape(name, value)
     class_name, method = value.get("class"), value.get("method", "handle")
+    if "class" not in value:
+        raise EntryError("class", 'missing: expected class = "C", a class listed in [allowed_jobs]')
     if not isinstance(class_name, str) or class_name not in allowed_jobs:
         raise EntryError("class", f"expected a class listed in [allowed_jobs], got {class_name!r}")
     if method not in allowed_jobs[class_name]:
