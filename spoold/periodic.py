@@ -84,6 +84,7 @@ def check_cron(text: Any) -> str:
 
 
 def check_timezone(name: Any) -> str:
+    """An IANA zone name that zoneinfo can load here, checked at startup rather than at the first slot."""
     if not isinstance(name, str) or not name:
         raise ValueError(f'expected an IANA time zone name such as "Europe/Paris", got {name!r}')
     try:
