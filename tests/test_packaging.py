@@ -28,7 +28,7 @@ import spoold
 PACKAGE_DATA = {"spoold/py.typed",
                 *(f"spoold/dashboard/{p.parent.name}/{p.name}" for p in (REPO / "spoold" / "dashboard").glob("*/*")
                   if p.parent.name in ("templates", "static") and p.suffix in (".html", ".css", ".js"))}
-EXTRAS = {"dashboard", "metrics"}
+EXTRAS = {"dashboard", "metrics", "cron"}
 JOB = '''\
 """A job of the user's own: found by its module's name, services/greet_user.py."""
 

@@ -23,7 +23,7 @@ KNOWN_KEYS = ("spool_dir, log_dir, namespace, workers, retry_attempts, retry_del
               "memory_limit_mb, "
               "start_method, isolation, max_jobs_per_worker, bootstrap, log_format, metrics_port, metrics_host, "
               "heartbeat_seconds, lease_seconds, "
-              "allowed_jobs, job_priority, retry_on, dashboard")
+              "allowed_jobs, job_priority, retry_on, dashboard, schedule, concurrency")
 
 
 def run(argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
