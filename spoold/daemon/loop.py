@@ -34,6 +34,7 @@ from spoold.spool.node import Node, cancel_marker, cancel_requests, is_cancel_ma
 from spoold.spool.ready_index import ReadyIndex
 from spoold.spool.retention import apply_retention
 from spoold.spool.scheduled import ScheduledIndex, due_time
+from spoold.spool.slots import Scheduler
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -111,6 +112,7 @@ class Daemon:
         self.recovery = Recovery(self.paths, node.id, self.intake, self.mover)
         self.index = ReadyIndex(self.paths)
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
+        self.slots = Scheduler(self.paths, node, self.mover)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker,
                                root=self.paths.root, markers=node.folder, observer=config.observer)
@@ -197,6 +199,7 @@ class Daemon:
         if now >= self.next_retention:
             self.apply_retention(now)
         if self.grace_deadline is None:
+            self.submit_slots(now)
             self.promote_due(now)
             self.start_ready(now)
 
@@ -231,6 +234,7 @@ class Daemon:
         if self.workers_override is not None:
             new = replace(new, workers=self.workers_override)  # --workers wins over the file, as at start
         self.config = new
+        self.slots.due_at = 0.0  # the schedule may have changed: look at it at the next pass
         self.committer.set_durable(new.durability == "fsync")
         self.events.log_format = new.log_format  # the next line is written the new way
         log.info("configuration reloaded from %s", new.path)
@@ -276,6 +280,7 @@ class Daemon:
     def apply_retention(self, now: float) -> None:
         self.next_retention = now + RETENTION_INTERVAL_SECONDS
         apply_retention(self.paths, self.config, now=now)
+        self.slots.prune(self.config, now)
 
     @property
     def claims_held_until(self) -> float:
@@ -302,6 +307,14 @@ class Daemon:
                 self.hold_claims_until = now + RETRY_SECONDS
             except Exception:
                 log.exception("unexpected error with %s/%s; the daemon goes on", priority, name)
+
+    def submit_slots(self, now: float) -> None:
+        """[schedule]: the slots now due that no daemon took yet (not with --drain: SPEC §12)."""
+        due_at = self.slots.due_at
+        if self.drain or due_at is None or now < due_at:
+            return
+        for target in self.slots.submit_due(self.config, now):
+            self.index.hint(target)
 
     def promote_due(self, now: float) -> None:
         """scheduled/ -> its ready folder, for every job now due."""
@@ -406,6 +419,8 @@ class Daemon:
         if self.index.scanning:
             return 0.0
         wake_at = [self.next_rescan, self.next_retention]
+        if self.slots.due_at is not None and not self.drain:
+            wake_at.append(self.slots.due_at)
         wake_at += [t for t in (self.scheduled.next_due(),) if t is not None]  # promotion needs no free slot
         if self.has_free_slot(now) or self.claims_held_until > now:
             wake_at += [t for t in (self.index.next_due(), self.claims_held_until) if t]

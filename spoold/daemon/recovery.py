@@ -20,7 +20,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from spoold.config import Config
-from spoold.errors import JobRejected
+from spoold.errors import JobRejected, LostClaim
 from spoold.job import Job, JobStatus, decode_document
 from spoold.outcomes import Settled, ready_folder, settle_orphan
 from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, id_from_name, is_job_name, unseized_name
@@ -29,6 +29,7 @@ from spoold.spool.intake import Claim, Intake
 from spoold.spool.lease import LeaseBook
 from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, host_of, other_nodes, remove_dead_folder, this_host, try_lock_dead
+from spoold.spool.slots import is_marked, unstaged_name
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,7 @@ class Recovery:
                             config.lease_seconds)
             try:
                 for name in sorted(os.listdir(folder)):
-                    if is_job_name(name) or unseized_name(name):
+                    if is_job_name(name) or unseized_name(name) or unstaged_name(name):
                         orphans += self._adopt(config, folder, name, now)
             except FileNotFoundError:
                 pass  # another daemon emptied and removed it between our probe and our look
@@ -92,9 +93,27 @@ class Recovery:
                     remove_dead_folder(folder, lock)
         return orphans
 
-    def _put_back(self, config: Config, path: Path) -> None:
-        """A file an operator command was moving when it died: back where its status says, no run counted.
-        Moved while we hold the dead command's lock, so no other daemon moves it too."""
+    def _staged_slot(self, config: Config, path: Path, plain: str) -> list[Orphan]:
+        """A slot's job its daemon staged and died (docs/design.md, S2): if the marker is linked to it, the
+        slot is its and the job goes to its ready folder; if not, the slot was never its, and the copy goes."""
+        if not is_marked(self.paths, path, plain.removesuffix(JOB_SUFFIX)):
+            path.unlink(missing_ok=True)
+            return []
+        self._slot_back(config, path, plain)
+        return []
+
+    def _slot_back(self, config: Config, path: Path, plain: str) -> None:
+        """A taken slot's job, under its staged, claimed or seized name: to its ready folder, no run counted."""
+        if path.name != plain:
+            try:
+                os.rename(path, path.with_name(plain))  # the owner's own next step, if it wakes: one of us wins
+            except FileNotFoundError:
+                return
+        self._put_back(config, path.with_name(plain), "its daemon died while submitting its slot")
+
+    def _put_back(self, config: Config, path: Path, why: str = "its operator command died") -> None:
+        """A file a node was moving when it died, and never ran there: back where its status says, no run
+        counted. Its commit starts with a seize, so no other daemon (nor a woken owner) moves it too."""
         try:
             job = Job(path.name[: -len(JOB_SUFFIX)], decode_document(read_bounded(path, 1 << 30)))
         except (JobRejected, ValueError, OSError):
@@ -102,8 +121,11 @@ class Recovery:
         status = job.doc.get("status")
         resting = (JobStatus.SCHEDULED, JobStatus.FAILED, JobStatus.DONE)
         folder = Folder(status) if status in resting else ready_folder(job, config)
-        self.mover.commit(job, path, folder)
-        log.info("job=%s put back in %s/ after its operator command died", job.id, folder)
+        try:
+            self.mover.commit(job, path, folder)
+        except LostClaim:
+            return  # another daemon, or its woken owner, moved it first
+        log.info("job=%s put back in %s/: %s", job.id, folder, why)
 
     def _held_elsewhere(self, job_id: str, copy: Path) -> bool:
         """The id stands in a later state: a state folder, or a live node's running/ folder, ours included
@@ -122,6 +144,8 @@ class Recovery:
 
     def _adopt(self, config: Config, folder: Path, name: str, now: float) -> list[Orphan]:
         path = folder / name
+        if (staged := unstaged_name(name)) is not None:
+            return self._staged_slot(config, path, staged)
         plain = unseized_name(name) or name  # a claim its daemon had begun to move out: still its job
         if plain != name and os.path.lexists(folder / plain):
             path.unlink(missing_ok=True)  # a --now rewrite cut short: the claim's own name holds the newer copy
@@ -130,6 +154,9 @@ class Recovery:
         if job_id is not None and self._held_elsewhere(job_id, path):
             log.info("job=%s: dropping the stale copy %s (a later state exists)", job_id, path)
             path.unlink(missing_ok=True)
+            return []
+        if job_id is not None and is_marked(self.paths, path, job_id):  # a slot's job that never reached ready
+            self._slot_back(config, path, plain)
             return []
         if folder.name.startswith(OPERATOR_KIND):  # `spoold retry/cancel` runs: their files were never running
             self._put_back(config, path)

@@ -130,3 +130,14 @@ class WhoAmI:
 
     def handle(self) -> dict[str, int]:
         return {"pid": os.getpid(), "ppid": os.getppid()}
+
+
+class RecordRun:
+    """One line per run, from the job's own view: its id (SPOOLD_JOB_ID), pid, start and end times."""
+
+    def handle(self, path: str, seconds: str = "0") -> str:
+        started = time.time()
+        time.sleep(float(seconds))
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(f"{os.environ['SPOOLD_JOB_ID']} {os.getpid()} {started:.6f} {time.time():.6f}\n")
+        return os.environ["SPOOLD_JOB_ID"]
