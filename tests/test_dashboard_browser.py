@@ -373,3 +373,27 @@ def test_dark_mode_follows_the_system_colour_scheme(filled: Filled, web: Web) ->
     assert background() == DARK_BG
     web.shot("overview-dark")
     web.watch.assert_quiet(page)
+
+
+@pytest.fixture
+def scheduled(project: Project) -> Path:
+    """A [schedule] entry every second (before the dashboard starts, so it reads it); its records file."""
+    records = project.root / "records.txt"
+    entry = f'tick = {{ class = "RecordRun", params = ["{records}"], every = "1s" }}'
+    project.configure(extra=f'RecordRun = ["handle"]\n\n[schedule]\n{entry}\n', settle_seconds=0, rescan_seconds=1)
+    return records
+
+
+def test_the_overview_lists_the_schedule_with_its_last_slots_job(project: Project, scheduled: Path, web: Web) -> None:
+    daemon = project.start()
+    wait_for(lambda: any(n.startswith("cron-tick-") for n in project.names("done")), 15, "a slot's job in done/")
+    web.open("/")
+    table = web.page.locator("#schedule")
+    for text in ("tick", "RecordRun.handle", "every 1s", "cron-tick-"):
+        expect(table).to_contain_text(text)
+    expect(table).to_contain_text(re.compile(r"\((done|medium|running)\)"))  # a slot a second: any of these
+    web.shot("overview-schedule")
+    table.locator("a").first.click()
+    expect(web.page.locator("h1")).to_contain_text("cron-tick-")
+    web.watch.assert_quiet(web.page)
+    assert project.stop(daemon)[0] == 0

@@ -27,6 +27,7 @@ from spoold.spool.slots import BASELINE, stamp
 
 INJECT = Path(__file__).parent / "faults" / "inject.py"
 # Debian's faketime package (.ci/run installs it), for whatever architecture this is.
+DECADE = 3650 * 86400.0  # an `every = "3650d"` entry: slots ten years apart, none falls due during a test
 FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), Path("libfaketime.so.1"))
 
 
@@ -235,8 +236,6 @@ def test_a_host_whose_clock_is_10s_ahead_takes_slots_early_but_never_twice(proje
 
 # -- a fault at every step of taking a slot -----------------------------------------------------------------
 
-DECADE = 3650 * 86400.0
-
 
 def _slot_scenario(project: Project) -> tuple[Path, str]:
     records = configure(project, "3650d", workers=1, retry_attempts=2)  # a run the kill orphaned runs again
@@ -296,3 +295,23 @@ def test_a_daemon_killed_at_any_step_of_taking_a_slot_leaves_it_run_once(project
         assert check_each_slot_once(case, records) == [job_id], f"{func} #{k} {action}"
         assert case.daemon_folders() == [], f"{func} #{k} {action}: a daemon folder left"
         assert len(os.listdir(marker_folder(case))) == 2, f"{func} #{k} {action}: markers"
+
+
+def test_status_lists_the_schedule_with_its_next_due_time_and_last_slots_job(project: Project) -> None:
+    records = configure(project, "3650d")
+    due = latest_due(Entry("tick", "RecordRun", every=DECADE), time.time())
+    assert due is not None
+    listed = json.loads(project.cli("status", "--json", "--config", str(project.config)).stdout)["schedule"]
+    upcoming = datetime.fromtimestamp(due + DECADE, UTC).isoformat()
+    assert listed == [{"name": "tick", "class": "RecordRun", "method": "handle", "when": "every 3650d",
+                       "next_due": upcoming, "last": None}]
+    mark(project, due - DECADE)
+    proc = project.start()
+    wait_runs(records, 1, 15)
+    wait_for(lambda: project.has("done", slot_id("tick", due)), 5, "the slot's job in done/")
+    assert project.stop(proc)[0] == 0
+    listed = json.loads(project.cli("status", "--json", "--config", str(project.config)).stdout)["schedule"]
+    assert listed[0]["last"] == {"due": datetime.fromtimestamp(due, UTC).isoformat(), "id": slot_id("tick", due),
+                                 "state": "done"}
+    text = project.cli("status", "--config", str(project.config)).stdout
+    assert "schedule" in text and "every 3650d" in text and f"{slot_id('tick', due)} (done)" in text

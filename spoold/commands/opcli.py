@@ -68,7 +68,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     if args.max_age is not None and not args.check:
         return _fail(EXIT_USAGE, "status: --max-age needs --check")
-    status = spool_status(SpoolPaths(_config(args).spool_dir), time.time())
+    config = _config(args)
+    status = spool_status(SpoolPaths(config.spool_dir), time.time(), config)
     code, message = check_status(status, args.max_age) if args.check else (EXIT_OK, "")
     if args.json:
         if args.check:  # SPEC §6: more keys may be added

@@ -81,6 +81,12 @@ def render_status(status: dict[str, Any]) -> str:
                    right=frozenset({1}))
     oldest = status["oldest_ready_age_seconds"]
     lines.append("oldest ready job  " + ("none" if oldest is None else f"waiting {age(oldest)}"))
+    schedule = status.get("schedule") or []
+    if schedule:
+        lines.append("schedule")
+        rows = [[clean(e["name"]), clean(e["when"]), local_time(e["next_due"]) if e["next_due"] else "never",
+                 f"{clean(e['last']['id'])} ({e['last']['state']})" if e["last"] else "none yet"] for e in schedule]
+        lines += table(["NAME", "WHEN", "NEXT DUE", "LAST SLOT'S JOB"], rows, indent="  ")
     not_jobs: dict[str, int] = status.get("not_jobs") or {}
     if not_jobs:
         total = sum(not_jobs.values())

@@ -27,7 +27,7 @@ from spoold.errors import LostClaim, NameTaken
 from spoold.job import Job, JobStatus, dump_job
 from spoold.outcomes import iso, ready_folder
 from spoold.paths import JOB_SUFFIX, SpoolPaths
-from spoold.periodic import Entry, latest_due, next_due, slot_id
+from spoold.periodic import Entry, describe, latest_due, next_due, slot_id
 from spoold.spool.fsio import fsync_dir, link_no_replace, publish, same_file, write_tmp
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node
@@ -109,6 +109,25 @@ def last_slot(paths: SpoolPaths, name: str) -> LastSlot | None:
         if isinstance(doc, dict) and "class" in doc:
             return LastSlot(due, slot_id(name, due))
     return None
+
+
+def schedule_view(paths: SpoolPaths, config: Config, now: float) -> list[dict[str, Any]]:
+    """[schedule] for `spoold status` and the dashboard: per entry, what it runs, when its next slot falls
+    due, and its last submitted slot's job with where that job is now."""
+    rows = []
+    for entry in config.schedule.values():
+        try:
+            upcoming: str | None = iso(next_due(entry, now))
+        except LookupError:
+            upcoming = None
+        last = last_slot(paths, entry.name)
+        found = paths.find_job(last.job_id) if last is not None else None
+        rows.append({"name": entry.name, "class": entry.class_name, "method": entry.method, "when": describe(entry),
+                     "next_due": upcoming,
+                     "last": None if last is None else {
+                         "due": iso(last.due), "id": last.job_id,
+                         "state": found.relative_to(paths.root).parts[0] if found is not None else "gone"}})
+    return rows
 
 
 def slot_job(entry: Entry, due: float, now: float, config: Config) -> Job:

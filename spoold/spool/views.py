@@ -13,12 +13,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from spoold.config import Config
 from spoold.errors import JobRejected
 from spoold.job import decode_document
 from spoold.paths import JOB_FOLDERS, JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name, is_valid_id
 from spoold.spool.fsio import read_bounded
 from spoold.spool.lookup import find_job_info
 from spoold.spool.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
+from spoold.spool.slots import schedule_view
 
 LIST_FOLDERS: tuple[str, ...] = tuple(folder.value for folder in JOB_FOLDERS)  # plain strings: argparse quotes them
 # running/ holds one folder per node; done/ and failed/ may hold day shards (SPEC §2).
@@ -131,11 +133,15 @@ def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
     return None if oldest is None else round(max(0.0, now - oldest), 3)
 
 
-def spool_status(paths: SpoolPaths, now: float) -> dict[str, Any]:
-    """The object `spoold status --json` prints; its keys are a contract (SPEC §6), add, never rename."""
-    return {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)],
-            "counts": count_jobs(paths), "oldest_ready_age_seconds": oldest_ready_age(paths, now),
-            "not_jobs": count_not_jobs(paths)}
+def spool_status(paths: SpoolPaths, now: float, config: Config | None = None) -> dict[str, Any]:
+    """The object `spoold status --json` prints; its keys are a contract (SPEC §6), add, never rename.
+    With the config, its [schedule] too (slots.schedule_view)."""
+    status = {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)],
+              "counts": count_jobs(paths), "oldest_ready_age_seconds": oldest_ready_age(paths, now),
+              "not_jobs": count_not_jobs(paths)}
+    if config is not None:
+        status["schedule"] = schedule_view(paths, config, now)
+    return status
 
 
 def read_document(path: Path) -> dict[str, Any] | None:
