@@ -11,6 +11,8 @@ Scenarios (each bounded in time; every process it starts is reaped, also on fail
   crash-points   pytest tests/test_crash_points.py (every fault point, every action)
   multihost      3 hosts x 2 daemons on a GlusterFS volume (tests/sharedfs.py), 3,000 jobs per fault:
                  a daemon SIGKILLed, one SIGSTOPped past its lease, one host cut off (tests/multihost.py)
+  schedule       4 daemons, a [schedule] entry every second for 3 minutes, a daemon SIGKILLed every 2-4 s:
+                 every slot submitted and run once (tests/test_schedule.py's checks)
 
 Jobs append their own token to a sentinel file (tests/jobs WriteSentinel), so runs are counted per job.
 Prints the table and writes it as JSON to soak/results/latest.json; exits 1 if any scenario failed
@@ -571,6 +573,45 @@ def multihost(ctx: Context, result: Result) -> None:
                        "nothing they lost and joined again, every daemon exited 0 on SIGTERM")
 
 
+def schedule(ctx: Context, result: Result) -> None:
+    """4 daemons and one [schedule] entry every second for 3 minutes; a random daemon SIGKILLed and
+    replaced every 2-4 s. Every slot must be submitted once, none missed while daemons ran."""
+    from test_schedule import check_each_slot_once, configure  # tests/ is on sys.path (harness)
+
+    project = ctx.project(result.scenario)
+    records = configure(project, "1s", workers=1, retry_attempts=50)  # a kill orphans a run: it runs again
+    seconds = ctx.n(180)
+    try:
+        for _ in range(4):
+            project.start()
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            time.sleep(ctx.rng.uniform(2, 4))
+            project.crash(ctx.rng.choice(project.live()), holding_within=0.0)
+            result.faults += 1
+            project.start()
+            result.restarts += 1
+            project.check_alive()
+        project.configure(extra='RecordRun = ["handle"]\n', settle_seconds=0, rescan_seconds=1, workers=1,
+                          retry_attempts=50)
+        for proc in project.live():  # no more slots; what the kills left settles
+            proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 60
+        while project.names("running") or any(project.names(f) for f in ("high", "medium", "low")):
+            if time.monotonic() > deadline:
+                raise RuntimeError("slot jobs left waiting or running 60 s after the last kill")
+            time.sleep(0.2)
+    finally:
+        stop_all(result, project)
+    done = check_each_slot_once(project, records, contiguous=1.0)
+    result.jobs = len(done)
+    result.details["slots"] = len(done)
+    result.details["orphaned_runs"] = sum(1 for job_id in done for h in project.doc("done", job_id).get("history", [])
+                                          if h.get("error_type") == "Orphaned")
+    result.verified = ("every slot from the first to the last in done/ exactly once (none missed), nowhere else, "
+                       "run once (twice only when a kill orphaned its run)")
+
+
 # -- running, the table, the JSON -----------------------------------------------------------------------------
 
 SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
@@ -581,6 +622,7 @@ SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
     ("memory", memory),
     ("crash-points", crash_points),
     ("multihost", multihost),
+    ("schedule", schedule),
 ]
 
 
