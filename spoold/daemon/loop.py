@@ -29,6 +29,7 @@ from spoold.logs import EventLog
 from spoold.outcomes import Settled, iso, make_ready, ready_folder
 from spoold.paths import READY, Folder, SpoolPaths
 from spoold.spool.intake import Claim, Deferred, Intake
+from spoold.spool.limits import Limits
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
 from spoold.spool.ready_index import ReadyIndex
@@ -113,6 +114,7 @@ class Daemon:
         self.index = ReadyIndex(self.paths)
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
         self.slots = Scheduler(self.paths, node, self.mover)
+        self.limits = Limits(self.paths)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker,
                                root=self.paths.root, markers=node.folder, observer=config.observer)
@@ -137,6 +139,7 @@ class Daemon:
         self.watcher.stop()
         for running in self.children.values():
             running.child.kill("Interrupted")
+        self.limits.release_all()
         self.committer.stop()  # what it holds is written (or left claimed, for recovery) before we go
         self.launcher.close()
         self.waker.close()
@@ -297,16 +300,43 @@ class Daemon:
         while self.has_free_slot(now) and (item := self.index.pop(now, aging_seconds=aging)) is not None:
             priority, name = item
             try:
-                taken = self.intake.take(self.config, self.paths.ready(priority), name, now)
-                if isinstance(taken, Deferred):
-                    self.index.defer(priority, name, taken.until)
-                elif taken is not None:
-                    self.start(taken, now)
+                self.take_and_start(priority, name, now)
             except OSError as e:
                 log.error("cannot claim %s/%s: %s", priority, name, e)
                 self.hold_claims_until = now + RETRY_SECONDS
             except Exception:
                 log.exception("unexpected error with %s/%s; the daemon goes on", priority, name)
+
+    def take_and_start(self, priority: str, name: str, now: float) -> None:
+        """Claim one ready file and start it. A job of a class at its [concurrency] limit is not claimed:
+        it stays where it is, in its place, and is looked at again soon (limits.py)."""
+        path = self.paths.ready(priority) / name
+        peeked = self.limits.class_of(path, self.config.max_job_bytes) if self.config.concurrency else None
+        slot = self.limits.reserve(self.config, peeked, now)
+        if slot is False:
+            self.index.defer(priority, name, self.limits.recheck_at(peeked, now))
+            return
+        try:
+            taken = self.intake.take(self.config, self.paths.ready(priority), name, now)
+        except BaseException:
+            self.limits.give_back(slot)
+            raise
+        finally:
+            self.limits.forget(path)
+        if not isinstance(taken, Claim):
+            self.limits.give_back(slot)
+            if isinstance(taken, Deferred):
+                self.index.defer(priority, name, taken.until)
+            return
+        if self.config.concurrency and taken.job.class_name != peeked:  # changed since the look, or unreadable then
+            self.limits.give_back(slot)
+            slot = self.limits.reserve(self.config, taken.job.class_name, now)
+            if slot is False:
+                self.mover.write_back(taken.path, path)
+                self.index.defer(priority, name, self.limits.recheck_at(taken.job.class_name, now))
+                return
+        self.limits.hold(taken.job.id, slot)
+        self.start(taken, now)
 
     def submit_slots(self, now: float) -> None:
         """[schedule]: the slots now due that no daemon took yet (not with --drain: SPEC §12)."""
@@ -348,6 +378,7 @@ class Daemon:
         job = claim.job
         due = due_time(job.doc, now)
         if due > now:
+            self.limits.release(job.id)
             job.doc["run_at"] = iso(due)
             job.doc["status"] = JobStatus.SCHEDULED.value
             self.move_on(claim, Folder.SCHEDULED, now)
@@ -355,6 +386,7 @@ class Daemon:
         try:
             child = self.runs.launch(job, self.config, now, self.on_exit)
         except OSError as e:
+            self.limits.release(job.id)
             log.error("job=%s cannot start a child (%s); putting it back", job.id, e)
             self.mover.write_back(claim.path, self.paths.ready(claim.source) / claim.path.name)
             self.hold_claims_until = now + RETRY_SECONDS
@@ -381,6 +413,7 @@ class Daemon:
             except queue.Empty:
                 return
             running = self.children.pop(job_id, None)
+            self.limits.release(job_id)  # its [concurrency] slot is free as soon as its child is gone
             if running is None:
                 continue
             try:
