@@ -204,6 +204,9 @@ def _check_daemon_fields(doc: dict[str, Any]) -> None:
         raise JobRejected(f"field 'history': expected an array, got {describe(doc['history'])}")
 
 
+MAX_UNIQUE_KEY = 200
+
+
 def validate_document(doc: dict[str, Any]) -> None:
     """Check every field SPEC §3 gives a type to; raise JobRejected naming the first bad one."""
     _check_call(doc, "")
@@ -215,6 +218,11 @@ def validate_document(doc: dict[str, Any]) -> None:
             raise JobRejected(f"field 'delay_seconds': expected a number >= 0, got {delay!r}")
     if "chain" in doc:
         _check_chain(doc["chain"])
+    if "unique_key" in doc:
+        key = doc["unique_key"]
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_UNIQUE_KEY:
+            raise JobRejected(f"field 'unique_key': expected a string of 1 to {MAX_UNIQUE_KEY} characters, "
+                              f"got {describe(key) if not isinstance(key, str) else f'{len(key)} characters'}")
     _check_daemon_fields(doc)
 
 

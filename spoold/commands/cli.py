@@ -47,6 +47,8 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
                         help='"a,b" (strings) or a JSON array/object')
     parser.add_argument("--priority", choices=[str(p) for p in Priority])
     parser.add_argument("--delay", type=float, metavar="S", help="do not start before S seconds from now")
+    parser.add_argument("--unique-key", metavar="K",
+                        help="at most one live job with this key: if one is ready, scheduled or running, print its id")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--wait", action="store_true", help="block until done (exit 0) or failed (exit 1)")
     mode.add_argument("--now", action="store_true", help="run it here, in a child, without a daemon")
@@ -123,17 +125,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
     config = load_config(find_config(args.config))
     params = parse_cli_params(args.params)
+    if args.now and args.unique_key is not None:
+        raise SubmitError("--unique-key applies to jobs handed to the daemons, not to --now")
     if args.now:
         from datetime import UTC, datetime
 
         from spoold.commands.nowrun import run_now
 
         job, _folder = build_job(config, args.class_name, args.method, params, priority=args.priority,
-                                 delay=args.delay, chain=None, now=datetime.now(UTC))
+                                 delay=args.delay, chain=None, now=datetime.now(UTC), unique_key=args.unique_key)
         print(job.id, flush=True)
         code, final = run_now(config, job)
         return report(final.doc, code)
-    submitted = submit(config, args.class_name, args.method, params, priority=args.priority, delay=args.delay)
+    submitted = submit(config, args.class_name, args.method, params, priority=args.priority, delay=args.delay,
+                       unique_key=args.unique_key)
     print(submitted.job_id)
     print(submitted.path, flush=True)
     if args.wait:

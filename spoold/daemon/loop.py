@@ -36,6 +36,7 @@ from spoold.spool.ready_index import ReadyIndex
 from spoold.spool.retention import apply_retention
 from spoold.spool.scheduled import ScheduledIndex, due_time
 from spoold.spool.slots import Scheduler
+from spoold.spool.unique import PendingJobs
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
@@ -115,6 +116,7 @@ class Daemon:
         self.scheduled = ScheduledIndex(self.paths.scheduled, config.max_job_bytes)
         self.slots = Scheduler(self.paths, node, self.mover)
         self.limits = Limits(self.paths)
+        self.pending = PendingJobs(self.paths)
         # Our own folder is watched for `.ID.cancel` markers written by `spoold cancel`.
         self.watcher = Watcher([*(self.paths.ready(p) for p in READY), self.paths.scheduled], self.waker,
                                root=self.paths.root, markers=node.folder, observer=config.observer)
@@ -258,6 +260,11 @@ class Daemon:
         self.next_rescan = now + self.config.rescan_seconds
         if self.grace_deadline is None:
             self.recover(now)
+            try:  # unique_key jobs whose submitter died between taking the key and publishing the job
+                self.pending.settle(self.config.lease_seconds, self.config.max_job_bytes,
+                                    durable=self.mover.durable)
+            except OSError as e:
+                log.error("cannot look at the pending unique jobs: %s", e)
 
     def recover(self, now: float) -> None:
         try:

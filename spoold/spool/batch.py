@@ -21,9 +21,10 @@ from spoold.errors import BatchWriteError, SubmitError
 from spoold.paths import SpoolPaths
 from spoold.spool.fsio import fsync_dir, link_no_replace, move_no_replace, remove_source, write_tmp
 from spoold.spool.submit import build_job, cached_config, check_delay, encode_job
+from spoold.spool.unique import submit_unique
 
 JobSpec = tuple[Any, ...] | Mapping[str, Any]
-ITEM_KEYS = ("class", "method", "params", "priority", "delay", "chain")
+ITEM_KEYS = ("class", "method", "params", "priority", "delay", "chain", "unique_key")
 FSYNC_THREADS = 8
 
 
@@ -43,10 +44,12 @@ def _call_of(index: int, item: JobSpec) -> dict[str, Any]:
     raise SubmitError(f"job {index}: expected a tuple (class, method, params) or a dict, got {type(item).__name__}")
 
 
-def check_batch(config: Config, jobs: Iterable[JobSpec]) -> list[tuple[str, bytes, Path]]:
-    """(id, bytes, target) of every job, all checked before any is written; SubmitError names the first refused."""
+def check_batch(config: Config, jobs: Iterable[JobSpec]) -> list[tuple[str, bytes, Path, str | None]]:
+    """(id, bytes, target, unique_key) of every job, all checked before any is written; SubmitError names
+    the first refused (two equal unique_keys in one batch included)."""
     paths = SpoolPaths(config.spool_dir)
     checked = []
+    keys: dict[str, int] = {}
     for index, item in enumerate(jobs):
         call = _call_of(index, item)
         try:
@@ -54,11 +57,16 @@ def check_batch(config: Config, jobs: Iterable[JobSpec]) -> list[tuple[str, byte
             # Each its own time: ids sort by submission (docs/design.md, P1), so the batch keeps its order.
             job, folder = build_job(config, call["class"], call.get("method", "handle"), call.get("params"),
                                     priority=call.get("priority"), delay=call.get("delay"),
-                                    chain=call.get("chain"), now=datetime.now(UTC))
+                                    chain=call.get("chain"), now=datetime.now(UTC), unique_key=call.get("unique_key"))
             data = encode_job(config, job)
         except SubmitError as e:
             raise SubmitError(f"job {index}: {e}") from e
-        checked.append((job.id, data, paths.job_file(folder, job.id)))
+        key = job.doc.get("unique_key")
+        if key is not None and key in keys:
+            raise SubmitError(f"job {index}: unique_key {key!r} is job {keys[key]}'s too (SPEC §12)")
+        if key is not None:
+            keys[key] = index
+        checked.append((job.id, data, paths.job_file(folder, job.id), key))
     return checked
 
 
@@ -148,15 +156,31 @@ def _undo(files: Sequence[tuple[str, bytes, Path]], linked: list[int]) -> list[s
 
 def submit_batch(config: Config, jobs: Iterable[JobSpec]) -> list[str]:
     """Check every job, then write them all; the ids in the order given."""
-    files = check_batch(config, jobs)
+    checked = check_batch(config, jobs)
+    paths, durable = SpoolPaths(config.spool_dir), config.durability == "fsync"
+    files = [(job_id, data, target) for job_id, data, target, key in checked if key is None]
     if files:
-        publish_batch(SpoolPaths(config.spool_dir), files, durable=config.durability == "fsync")
-    return [job_id for job_id, _, _ in files]
+        publish_batch(paths, files, durable=durable)
+    ids = []
+    for job_id, data, target, key in checked:  # a unique job takes its key, one at a time, after the others
+        if key is None:
+            ids.append(job_id)
+            continue
+        try:
+            paths.tmp.mkdir(parents=True, exist_ok=True)
+            ids.append(submit_unique(paths, job_id, key, data, target, durable=durable)[0])
+        except OSError as e:
+            written = [i for i, _, _, k in checked if k is None]
+            written += [i for i, (_, _, _, k) in zip(ids, checked, strict=False) if k is not None]
+            raise BatchWriteError(f"cannot write {job_id} with its unique_key: {e.strerror or e}; the jobs "
+                                  "before it were written", written) from e
+    return ids
 
 
 def run_background_jobs(jobs: Iterable[JobSpec], *, config: str | os.PathLike[str] | None = None) -> list[str]:
     """Submit many jobs, each a (class, method, params) tuple or a dict {"class", "method", "params",
-    "priority", "delay", "chain"}; their ids in order. A refused job raises SubmitError naming its index,
+    "priority", "delay", "chain", "unique_key"}; their ids in order (for a unique_key held by a live job,
+    that job's id). A refused job raises SubmitError naming its index,
     and then nothing is written."""
     try:
         loaded = cached_config(find_config(config))

@@ -23,6 +23,7 @@ from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id, unseized_n
 from spoold.spool.fsio import read_bounded_stat
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node
+from spoold.spool.unique import take_key
 
 log = logging.getLogger(__name__)
 
@@ -189,4 +190,9 @@ class Intake:
             fresh = self.node.folder / (job.id + JOB_SUFFIX)
             os.rename(target, fresh)
             target = fresh
+        if isinstance(key := job.doc.get("unique_key"), str):  # a dropped file, or a submitted job: its key
+            held = take_key(self.mover.paths, key, job.id, durable=self.mover.durable)
+            if held is not None:
+                self.reject(target, f"duplicate of {held}", dropped_as=name)
+                return None
         return Claim(job, target, folder.name)

@@ -29,6 +29,7 @@ from spoold.spool.intake import read_job
 from spoold.spool.moves import Mover
 from spoold.spool.node import OPERATOR_KIND, Node, is_alive, open_node, request_cancel
 from spoold.spool.retention import purge_folder
+from spoold.spool.unique import take_key
 from spoold.spool.views import READ_LIMIT, DaemonView, job_entries, live_daemons, place_of, read_document
 
 CANCEL_POLL_SECONDS = 0.05
@@ -158,6 +159,21 @@ class Operator:
             return Acted(job_id, False, f"cannot read it: {e}; left in rejected/")
         return None
 
+    def _key_held(self, job_id: str, path: Path) -> Acted | None:
+        """A job with a unique_key runs again only once it holds its key (SPEC §12): refused, naming the live
+        job that holds it; else the key is now this job's."""
+        key = (read_document(path) or {}).get("unique_key")
+        if not isinstance(key, str):
+            return None
+        try:
+            held = take_key(self.paths, key, job_id, durable=self.mover.durable)
+        except OSError as e:
+            return Acted(job_id, False, f"cannot take its unique_key: {e}", spool_error=True)
+        if held is None:
+            return None
+        return Acted(job_id, False, f"its unique_key {key!r} is held by the live job {held}; left in "
+                                    f"{self._where(path)}")
+
     def retry(self, job_id: str) -> Acted:
         """failed/ or scheduled/ -> its ready folder, with a fresh retry budget; `attempts` counts on.
 
@@ -174,6 +190,9 @@ class Operator:
             if state not in RETRYABLE:
                 return Acted(job_id, False, f"it is in {self._where(path)}; only a failed, scheduled or rejected "
                                             "job can be retried")
+            held = self._key_held(job_id, path)
+            if held is not None:
+                return held
             if state == Folder.REJECTED:
                 applied = self._still_rejected(job_id, path) or self._apply(
                     job_id, path, self._ready_from_rejected, as_dropped=True)

@@ -21,6 +21,7 @@ from spoold.errors import JobRejected, SpoolWriteError, SubmitError
 from spoold.job import MAX_DEPTH, PRIORITIES, Job, JobStatus, dump_job, validate_document
 from spoold.paths import Folder, SpoolPaths, new_job_id
 from spoold.spool.fsio import publish
+from spoold.spool.unique import submit_unique
 
 
 def parse_cli_params(text: str | None) -> list[Any] | dict[str, Any]:
@@ -127,7 +128,8 @@ class Submitted:
 
 
 def build_job(config: Config, class_name: str, method: str, params: Any, *, priority: str | None,
-              delay: float | None, chain: Sequence[dict[str, Any]] | None, now: datetime) -> tuple[Job, str]:
+              delay: float | None, chain: Sequence[dict[str, Any]] | None, now: datetime,
+              unique_key: str | None = None) -> tuple[Job, str]:
     """The job document and the folder it goes to (a ready folder, or scheduled/ when delayed)."""
     if priority is not None and priority not in PRIORITIES:
         raise SubmitError(f"priority: expected one of {', '.join(PRIORITIES)}, got {priority!r}")
@@ -140,6 +142,8 @@ def build_job(config: Config, class_name: str, method: str, params: Any, *, prio
         doc["chain"] = [dict(step) for step in chain]
     if delay is not None:
         doc["delay_seconds"] = delay
+    if unique_key is not None:
+        doc["unique_key"] = unique_key
     check_job(config, doc)
     doc.update(status=JobStatus.READY.value, attempts=0, created_at=now.isoformat())
     folder = doc["priority"]
@@ -176,13 +180,29 @@ def write_job(config: Config, job: Job, folder: str) -> Path:
     return target
 
 
+def write_unique(config: Config, job: Job, folder: str) -> Submitted:
+    """A job with a unique_key (unique.py): ours, or the live job holding the key (nothing written)."""
+    data = encode_job(config, job)
+    paths = SpoolPaths(config.spool_dir)
+    try:
+        paths.tmp.mkdir(parents=True, exist_ok=True)
+        job_id, path = submit_unique(paths, job.id, job.doc["unique_key"], data, paths.job_file(folder, job.id),
+                                     durable=config.durability == "fsync")
+    except OSError as e:
+        raise SpoolWriteError(f"cannot write {job.id} with its unique_key: {e.strerror or e}") from e
+    return Submitted(job_id, path)
+
+
 def submit(config: Config, class_name: str, method: str = "handle", params: Any = None, *,
            priority: str | None = None, delay: float | None = None,
-           chain: Sequence[dict[str, Any]] | None = None) -> Submitted:
-    """Check and write one job; the one code path behind the API, run_job.py and `spoold submit`."""
+           chain: Sequence[dict[str, Any]] | None = None, unique_key: str | None = None) -> Submitted:
+    """Check and write one job; the one code path behind the API, run_job.py and `spoold submit`. With a
+    unique_key held by a live job, nothing is written and that job is returned (SPEC §12)."""
     check_delay(delay)
     job, folder = build_job(config, class_name, method, params, priority=priority, delay=delay,
-                            chain=chain, now=datetime.now(UTC))
+                            chain=chain, now=datetime.now(UTC), unique_key=unique_key)
+    if unique_key is not None:
+        return write_unique(config, job, folder)
     return Submitted(job.id, write_job(config, job, folder))
 
 
@@ -202,12 +222,14 @@ def cached_config(path: Path) -> Config:
 
 def run_background_job(class_name: str, method: str = "handle", params: Any = None, *,
                        priority: str | None = None, delay: float | None = None,
-                       chain: Sequence[dict[str, Any]] | None = None,
+                       chain: Sequence[dict[str, Any]] | None = None, unique_key: str | None = None,
                        config: str | os.PathLike[str] | None = None) -> str:
-    """Hand a job to the background and return its id; raises SubmitError (a ValueError) if refused."""
+    """Hand a job to the background and return its id; raises SubmitError (a ValueError) if refused.
+    With `unique_key` held by a live job, nothing is written and that job's id is returned."""
     try:
         path = find_config(config)
         loaded = cached_config(path)
     except OSError as e:
         raise SubmitError(f"cannot read config: {e}") from e
-    return submit(loaded, class_name, method, params, priority=priority, delay=delay, chain=chain).job_id
+    return submit(loaded, class_name, method, params, priority=priority, delay=delay, chain=chain,
+                  unique_key=unique_key).job_id
