@@ -97,3 +97,18 @@ def test_a_daemon_that_dies_frees_its_slots_for_the_others_at_once(project: Proj
     assert time.monotonic() - killed < 3.0
     assert project.stop(second)[0] == 0
     assert records.exists() is False  # RecordRun's limit is its own: nothing ran under it
+
+
+def test_status_shows_each_limited_class_with_its_running_jobs(project: Project) -> None:
+    import json
+
+    configure(project, "Sleep = 2")
+    marker = project.root / "long.pid"
+    project.submit("Sleep", "handle", ["30", str(marker)])
+    daemon = project.start()
+    wait_for(marker.exists, 10, "the Sleep job running")
+    status = json.loads(project.cli("status", "--json", "--config", str(project.config)).stdout)
+    assert status["concurrency"] == [{"class": "Sleep", "limit": 2, "running": 1}]
+    text = project.cli("status", "--config", str(project.config)).stdout
+    assert "concurrency" in text and "Sleep" in text
+    project.stop(daemon)

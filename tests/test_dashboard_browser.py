@@ -397,3 +397,28 @@ def test_the_overview_lists_the_schedule_with_its_last_slots_job(project: Projec
     expect(web.page.locator("h1")).to_contain_text("cron-tick-")
     web.watch.assert_quiet(web.page)
     assert project.stop(daemon)[0] == 0
+
+
+@pytest.fixture
+def limited(project: Project) -> None:
+    """Sleep limited to one at once (before the dashboard starts, so it reads it)."""
+    project.configure(extra="\n[concurrency]\nSleep = 1\n", settle_seconds=0, rescan_seconds=1)
+
+
+def test_a_job_waiting_for_its_class_limit_says_why_and_the_overview_shows_the_limit(
+        project: Project, limited: None, web: Web) -> None:
+    marker = project.root / "long.pid"
+    first = project.submit("Sleep", "handle", ["30", str(marker)], unique_key="only-one")
+    second = project.submit("Sleep", "handle", ["0"])
+    daemon = project.start()
+    wait_for(marker.exists, 10, "the first Sleep running")
+    web.open("/")
+    expect(web.page.locator("#concurrency tbody td")).to_have_text(["Sleep", "1", "1"])
+    web.open(f"/jobs/{second}")
+    expect(web.page.locator("#why")).to_contain_text("its class Sleep is at its [concurrency] limit: 1 of 1 running")
+    expect(web.page.locator("#rules")).to_contain_text("its class runs at most 1 at once across the spool")
+    web.open(f"/jobs/{first}")
+    expect(web.page.locator("#rules")).to_contain_text("unique_key 'only-one': held by this job")
+    web.shot("job-limited")
+    web.watch.assert_quiet(web.page)
+    project.stop(daemon)

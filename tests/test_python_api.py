@@ -242,7 +242,7 @@ BAD_BATCHES: list[tuple[str, list[Any], str]] = [
      "job 1: params[0]: set is not JSON (expected None, bool, int, float, str, list, tuple or dict)"),
     ("negative-delay", [{"class": "Echo", "delay": -1}], "job 0: delay: expected a number of seconds >= 0, got -1"),
     ("unknown-key", [("Echo", "handle", []), {"class": "Echo", "retries": 3}],
-     "job 1: unknown key 'retries' (expected class, method, params, priority, delay, chain)"),
+     "job 1: unknown key 'retries' (expected class, method, params, priority, delay, chain, unique_key)"),
     ("no-class", [{"params": []}], "job 0: missing key 'class'"),
     ("short-tuple", [("Echo",)], "job 0: expected a tuple (class, method, params), got 1 items"),
     ("not-a-job", [("Echo", "handle", []), "Echo"],

@@ -87,6 +87,11 @@ def render_status(status: dict[str, Any]) -> str:
         rows = [[clean(e["name"]), clean(e["when"]), local_time(e["next_due"]) if e["next_due"] else "never",
                  f"{clean(e['last']['id'])} ({e['last']['state']})" if e["last"] else "none yet"] for e in schedule]
         lines += table(["NAME", "WHEN", "NEXT DUE", "LAST SLOT'S JOB"], rows, indent="  ")
+    limits = status.get("concurrency") or []
+    if limits:
+        lines.append("concurrency")
+        lines += table(["CLASS", "LIMIT", "RUNNING"], [[clean(e["class"]), str(e["limit"]), str(e["running"])]
+                                                       for e in limits], indent="  ", right=frozenset({1, 2}))
     not_jobs: dict[str, int] = status.get("not_jobs") or {}
     if not_jobs:
         total = sum(not_jobs.values())

@@ -16,6 +16,7 @@ from spoold.dashboard.access import Role
 from spoold.dashboard.context import Dashboard, Refused, read_body
 from spoold.dashboard.listing import list_page
 from spoold.paths import Folder, is_valid_id
+from spoold.spool.limits import limits_view
 from spoold.spool.slots import schedule_view
 from spoold.spool.views import LIST_FOLDERS, job_entries, live_daemons, oldest_ready_since, show_job
 
@@ -30,7 +31,8 @@ def status_document(dashboard: Dashboard) -> dict[str, Any]:
     age = None if since is None else round(max(0.0, time.time() - since), 3)
     return {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)], "counts": counts,
             "oldest_ready_age_seconds": age, "oldest_ready_since": since,
-            "schedule": schedule_view(paths, dashboard.config, time.time())}
+            "schedule": schedule_view(paths, dashboard.config, time.time()),
+            "concurrency": limits_view(paths, dashboard.config)}
 
 
 def status(dashboard: Dashboard, request: Request) -> Response:

@@ -10,6 +10,7 @@ from typing import Any
 
 from spoold.config import Config
 from spoold.paths import READY, Folder, SpoolPaths
+from spoold.spool.limits import running_by_class
 from spoold.spool.views import DaemonView, Shown, job_entries, live_daemons
 
 
@@ -41,6 +42,13 @@ def _ready_reasons(paths: SpoolPaths, shown: Shown, daemons: list[DaemonView], c
     ahead += _ahead_in_folder(paths.folder(shown.folder), shown.path)
     if ahead:
         reasons.append(f"behind {ahead} ready job(s) of equal or higher priority")
+    class_name = (shown.document or {}).get("class")
+    limit = config.concurrency.get(class_name) if isinstance(class_name, str) else None
+    if limit and isinstance(class_name, str):
+        running = running_by_class(paths, config.max_job_bytes).get(class_name, 0)
+        if running >= limit:
+            reasons.append(f"its class {class_name} is at its [concurrency] limit: {running} of {limit} running "
+                           "across the spool; it starts when one ends")
     if not daemons:
         reasons.append("no live daemon: nothing claims jobs until a daemon starts (spoold start)")
     else:

@@ -23,6 +23,7 @@ from spoold.dashboard.explain import never_picked_up, why_not_running
 from spoold.dashboard.listing import list_page, matching
 from spoold.dashboard.stats import error_tail, job_errors, job_events
 from spoold.paths import READY, is_valid_id
+from spoold.spool.unique import holder
 from spoold.spool.views import LIST_FOLDERS, Shown, show_job
 
 TEMPLATES = Jinja2Templates(directory=str(Path(__file__).with_name("templates")))
@@ -109,6 +110,22 @@ def _chain(dashboard: Dashboard, doc: dict[str, Any]) -> dict[str, Any]:
             "to_come": [step for step in doc.get("chain") or [] if isinstance(step, dict)]}
 
 
+def _rules(dashboard: Dashboard, doc: dict[str, Any]) -> list[str]:
+    """What SPEC §12 says about this job: the schedule slot it is, its unique_key's holder, its class's limit."""
+    lines = []
+    if isinstance(doc.get("schedule"), str):
+        lines.append(f"the slot due at {doc.get('due_at')} of the schedule entry {doc['schedule']}")
+    key = doc.get("unique_key")
+    if isinstance(key, str):
+        held = holder(dashboard.paths, key)
+        lines.append(f"unique_key {key!r}: " + ("free (no live job holds it)" if held is None else
+                                                "held by this job" if held == doc.get("id") else f"held by {held}"))
+    limit = dashboard.config.concurrency.get(str(doc.get("class")))
+    if limit:
+        lines.append(f"its class runs at most {limit} at once across the spool ([concurrency])")
+    return lines
+
+
 def job(dashboard: Dashboard, request: Request) -> Response:
     role = dashboard.require(request, Role.READ, time.time())
     job_id = request.path_params["job_id"]
@@ -124,7 +141,7 @@ def job(dashboard: Dashboard, request: Request) -> Response:
     relative_path = shown.path.relative_to(dashboard.paths.root)
     return render(dashboard, request, "job.html", role, shown=shown, doc=doc, path=relative_path,
                   why=why_not_running(dashboard.paths, shown, dashboard.config, time.time()),
-                  timeline=_timeline(dashboard, shown), chain=_chain(dashboard, doc),
+                  timeline=_timeline(dashboard, shown), chain=_chain(dashboard, doc), rules=_rules(dashboard, doc),
                   spool=dashboard.paths.root, raw=shown.raw.decode("utf-8", errors="replace"),
                   can_retry=shown.folder in actions.RETRYABLE, can_cancel=shown.folder in actions.CANCELLABLE)
 

@@ -12,12 +12,14 @@ host (NFS with `local_lock`), the limit holds per host only (README, "Running on
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock, Timeout
 
 from spoold.config import Config
-from spoold.paths import SpoolPaths
+from spoold.paths import SpoolPaths, is_job_name
 from spoold.spool.fsio import read_bounded
 
 RECHECK_SECONDS = 0.2  # how soon a class found full is tried again (a slot another daemon freed)
@@ -96,3 +98,34 @@ class Limits:
     def release_all(self) -> None:
         for job_id in list(self.held):
             self.release(job_id)
+
+
+def running_by_class(paths: SpoolPaths, max_bytes: int) -> dict[str, int]:
+    """How many claimed jobs of each class are in running/ now (every daemon's folder; a few files)."""
+    counts: dict[str, int] = {}
+    try:
+        nodes = [entry.path for entry in os.scandir(paths.running) if entry.is_dir(follow_symlinks=False)]
+    except FileNotFoundError:
+        return counts
+    for node in nodes:
+        try:
+            names = [name for name in os.listdir(node) if is_job_name(name)]
+        except OSError:
+            continue
+        for name in names:
+            try:
+                doc = json.loads(read_bounded(os.path.join(node, name), max_bytes))
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and isinstance(doc.get("class"), str):
+                counts[doc["class"]] = counts.get(doc["class"], 0) + 1
+    return counts
+
+
+def limits_view(paths: SpoolPaths, config: Config) -> list[dict[str, Any]]:
+    """[concurrency] for `spoold status` and the dashboard: each limited class, its limit, running now."""
+    if not config.concurrency:
+        return []
+    running = running_by_class(paths, config.max_job_bytes)
+    return [{"class": name, "limit": limit, "running": running.get(name, 0)}
+            for name, limit in config.concurrency.items()]

@@ -18,6 +18,7 @@ from spoold.errors import JobRejected
 from spoold.job import decode_document
 from spoold.paths import JOB_FOLDERS, JOB_SUFFIX, READY, Folder, SpoolPaths, is_job_name, is_valid_id
 from spoold.spool.fsio import read_bounded
+from spoold.spool.limits import limits_view
 from spoold.spool.lookup import find_job_info
 from spoold.spool.node import NOW_KIND, OPERATOR_KIND, is_alive, other_nodes, read_info
 from spoold.spool.slots import schedule_view
@@ -135,12 +136,13 @@ def oldest_ready_age(paths: SpoolPaths, now: float) -> float | None:
 
 def spool_status(paths: SpoolPaths, now: float, config: Config | None = None) -> dict[str, Any]:
     """The object `spoold status --json` prints; its keys are a contract (SPEC §6), add, never rename.
-    With the config, its [schedule] too (slots.schedule_view)."""
+    With the config, its [schedule] and [concurrency] too (slots.schedule_view, limits.limits_view)."""
     status = {"spool": str(paths.root), "daemons": [d.as_json() for d in live_daemons(paths)],
               "counts": count_jobs(paths), "oldest_ready_age_seconds": oldest_ready_age(paths, now),
               "not_jobs": count_not_jobs(paths)}
     if config is not None:
         status["schedule"] = schedule_view(paths, config, now)
+        status["concurrency"] = limits_view(paths, config)
     return status
 
 
