@@ -209,29 +209,35 @@ def test_sighup_reloads_the_schedule(project: Project) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_a_host_whose_clock_is_10s_ahead_takes_slots_early_but_never_twice(project: Project) -> None:
-    """One daemon under libfaketime (+10 s on its wall clock; its monotonic clock is the real one)."""
+@pytest.mark.parametrize("offset", ["+10s", "-10s"])
+def test_a_host_whose_clock_is_10s_off_never_takes_a_slot_twice(project: Project, offset: str) -> None:
+    """One daemon under libfaketime (its wall clock shifted; its monotonic clock is the real one): ahead,
+    it takes the slots early; behind, it finds them all taken."""
     assert FAKETIME.exists(), f"{FAKETIME} is missing: apt-get install faketime (.ci/run does)"
     records = configure(project, "2s", workers=1)
     normal = project.start()
     shim = str(Path(__file__).parent / "clockshift")  # time.sleep that works under libfaketime (see there)
-    env = dict(project.env(), LD_PRELOAD=str(FAKETIME), FAKETIME="+10s", FAKETIME_DONT_FAKE_MONOTONIC="1",
+    env = dict(project.env(), LD_PRELOAD=str(FAKETIME), FAKETIME=offset, FAKETIME_DONT_FAKE_MONOTONIC="1",
                PYTHONPATH=os.pathsep.join(filter(None, [shim, os.environ.get("PYTHONPATH")])))
-    ahead = subprocess.Popen([sys.executable, "-m", "spoold", "start", "--config", str(project.config)],
-                             cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                             start_new_session=True)
-    project.procs.append(ahead)
+    shifted = subprocess.Popen([sys.executable, "-m", "spoold", "start", "--config", str(project.config)],
+                               cwd=project.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               start_new_session=True)
+    project.procs.append(shifted)
     wait_for(lambda: len(project.daemon_folders()) == 2, 10, "both daemons in running/")
     wait_runs(records, 8, 40)
     stopped = time.time()
-    code, out_ahead = project.stop(ahead)
-    assert code == 0
+    code, out_shifted = project.stop(shifted)
+    assert code == 0, out_shifted
     code, out_normal = project.stop(normal)
     assert code == 0
     done = check_each_slot_once(project, records, contiguous=2.0, until=stopped - 1)
-    by_ahead = [job_id for job_id in done if f"submitted as job {job_id}" in out_ahead]
+    by_shifted = [job_id for job_id in done if f"submitted as job {job_id}" in out_shifted]
     by_normal = [job_id for job_id in done if f"submitted as job {job_id}" in out_normal]
-    assert by_ahead and sorted(by_ahead + by_normal) == done, (by_ahead, by_normal)
+    assert sorted(by_shifted + by_normal) == done, (by_shifted, by_normal)
+    if offset.startswith("+"):
+        assert by_shifted, f"the host 10 s ahead took no slot: {done}"
+    else:
+        assert by_shifted == [], f"the host 10 s behind took slots the other had taken: {by_shifted}"
 
 
 # -- a fault at every step of taking a slot -----------------------------------------------------------------

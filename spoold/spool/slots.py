@@ -147,7 +147,7 @@ class Scheduler:
 
     def __init__(self, paths: SpoolPaths, node: Node, mover: Mover) -> None:
         self.paths, self.node, self.mover = paths, node, mover
-        self.known: set[str] = set()  # entries whose marker folder we have seen: not new any more
+        self.floor: dict[str, float] = {}  # entry -> its oldest marker when first seen: nothing older is taken
         self.due_at: float | None = 0.0  # when submit_due has something to do (None: no entry)
 
     def submit_due(self, config: Config, now: float) -> list[Path]:
@@ -192,12 +192,16 @@ class Scheduler:
         if due is None:
             return None
         marker = schedule_folder(self.paths, entry.name) / f"{stamp(due)}{JOB_SUFFIX}"
-        if entry.name not in self.known:
-            if not marker.parent.is_dir():  # a new entry starts with its next slot (SPEC §12)
+        if entry.name not in self.floor:
+            found = markers(self.paths, entry.name)
+            if not found:  # a new entry starts with its next slot (SPEC §12)
                 self._baseline(entry.name, due)
                 return None
-            self.known.add(entry.name)
-        if os.path.lexists(marker):  # taken already (the link below decides; this only saves the work)
+            self.floor[entry.name] = found[0][0]
+        # A slot before the entry's first marker came before the entry (a host whose clock is behind
+        # would take it late otherwise); one whose marker exists is taken (the link below decides; this
+        # only saves the work).
+        if due <= self.floor[entry.name] or os.path.lexists(marker):
             return None
         return self._take(config, entry, due, now, marker)
 
@@ -206,7 +210,7 @@ class Scheduler:
         marker.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(NameTaken):  # another daemon saw the new entry too
             publish(self.paths.tmp, BASELINE, marker, durable=self.mover.durable)
-        self.known.add(name)
+        self.floor[name] = markers(self.paths, name)[0][0]
 
     def _take(self, config: Config, entry: Entry, due: float, now: float, marker: Path) -> Path | None:
         """Stage the job in our folder, link the marker to it (the decision), then commit it to its ready
