@@ -40,6 +40,12 @@ def configure(project: Project, **overrides: object) -> Path:
     return project.root / "records.txt"
 
 
+def drop_whole(project: Project, name: str, doc: dict[str, object]) -> None:
+    """A file dropped into medium/ the way SPEC §2 asks writers to: written aside, then renamed in."""
+    aside = project.drop("tmp", name, doc)
+    os.rename(aside, project.spool / "medium" / name)
+
+
 def alive_now(project: Project) -> list[str]:
     """The jobs ready, scheduled or running while we look. running/ is listed first, so that a job moving
     from a ready folder into running/ meanwhile is seen once at most; done/ and failed/ last, so that a
@@ -133,10 +139,10 @@ def test_a_dropped_file_whose_key_is_live_is_rejected_as_a_duplicate(project: Pr
     live = project.submit("Sleep", "handle", ["30"], unique_key="k")
     daemon = project.start()
     wait_for(lambda: project.has("running", live), 10, "the live job running")
-    project.drop("medium", "dropped.json", {"class": "Echo", "unique_key": "k"})
+    drop_whole(project, "dropped.json", {"class": "Echo", "unique_key": "k"})
     wait_for(lambda: (project.spool / "rejected" / "dropped.reason").exists(), 10, "the duplicate rejected")
     assert (project.spool / "rejected" / "dropped.reason").read_text() == f"duplicate of {live}\n"
-    project.drop("medium", "other.json", {"class": "Echo", "unique_key": "another"})
+    drop_whole(project, "other.json", {"class": "Echo", "unique_key": "another"})
     wait_for(lambda: project.has("done", "other"), 10, "a job with another key runs")
     project.stop(daemon)
 
@@ -214,3 +220,22 @@ def test_a_submitter_killed_before_taking_the_key_leaves_nothing_that_holds_it(p
     assert project.names("done") == [f"{fresh}.json"]
     project.stop(daemon)
     assert json.loads(project.cli("status", "--json", "--config", str(project.config)).stdout)["counts"]["done"] == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_daemon_killed_while_a_unique_job_runs_keeps_the_key_until_its_rerun_ends(project: Project) -> None:
+    import signal
+
+    configure(project, retry_attempts=1, rescan_seconds=1)
+    marker = project.root / "sleeping.pid"
+    job_id = project.submit("Sleep", "handle", ["1", str(marker)], unique_key="k")
+    first = project.start()
+    wait_for(marker.exists, 10, "the job running")
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait(10)
+    assert project.submit("Echo", "handle", [], unique_key="k") == job_id, "a dead daemon's claim still holds it"
+    second = project.start()
+    wait_for(lambda: project.has("done", job_id), 20, "the job recovered and run again")
+    assert [h["error_type"] for h in project.doc("done", job_id)["history"]] == ["Orphaned", None]
+    assert project.submit("Echo", "handle", [], unique_key="k") != job_id, "free once done"
+    project.stop(second)
