@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -114,9 +115,21 @@ class SpoolPaths:
         return self.rejected / (job_id + REASON_SUFFIX)
 
     def create(self) -> None:
-        """Create every state folder; the daemon does this at start (docs/design.md, T6)."""
+        """Create every state folder; the daemon does this at start (docs/design.md, T6).
+
+        Daemons of several hosts may make the same folder at once: over a network filesystem the loser's
+        mkdir says EEXIST while its own lookup of the name may not see the folder yet (GlusterFS), so an
+        EEXIST is looked at again for a moment before it counts as "a file is in the way"."""
         for name in STATE_FOLDERS:
-            (self.root / name).mkdir(parents=True, exist_ok=True)
+            folder = self.root / name
+            for attempt in range(20):
+                try:
+                    folder.mkdir(parents=True, exist_ok=True)
+                    break
+                except FileExistsError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.05)
 
     def find_job(self, job_id: str, *, skip_node: Path | None = None,
                  exists: Callable[[Path], bool] = os.path.lexists) -> Path | None:

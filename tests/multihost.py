@@ -438,7 +438,9 @@ def check_spool(cluster: Cluster, tokens: dict[str, str], through: Host, victim_
     outcome.lost = len(misplaced)
     if misplaced:
         problems.append(f"{len(misplaced)} job(s) not in done/ exactly once, e.g. {dict(list(misplaced.items())[:5])}")
-    strangers = sorted(name for name in where if name[: -len(".json")] not in ids)
+    # A daemon SIGKILLed while staging a file leaves its tmp/ part (reaped later, never a job).
+    strangers = sorted(name for name in where if name[: -len(".json")] not in ids
+                       and not (where[name] == ["tmp"] and name.startswith(".") and name.endswith(".part")))
     if strangers:
         problems.append(f"unexpected file(s) in the spool: {[(s, where[s]) for s in strangers[:5]]}")
     left = [n for n in os.listdir(cluster.spool(through) / "running")]

@@ -84,7 +84,7 @@ def test_a_dead_daemon_of_another_host_is_recovered_only_past_its_lease(project:
     taken = time.monotonic() - killed
     # Its lock was free at once, but a lock may be local to a host: only the lease counts.
     assert taken >= LEASE_SECONDS - HEARTBEAT, f"taken over after {taken:.2f}s, before the lease of {LEASE_SECONDS}s"
-    assert "recovered" in project.events(job_id)
+    wait_for(lambda: "recovered" in project.events(job_id), 5, "its recovered line")  # logged after the move
 
 
 def test_a_heartbeat_is_judged_by_its_counter_never_by_its_mtime(tmp_path: Path) -> None:
@@ -136,6 +136,7 @@ def test_a_frozen_daemon_loses_its_jobs_after_its_lease_and_writes_nothing_for_t
     time.sleep(0.5)
     frozen.send_signal(signal.SIGCONT)
     wait_for(lambda: not old.exists(), 10, "the frozen daemon's old folder gone once it woke")
+    wait_for(lambda: {"recovered", "success"} <= set(project.events(job_id)), 5, "its lines")  # logged after moves
     events = project.events(job_id)
     assert events.count("success") == 1 and "recovered" in events, events
     history = project.doc("done", job_id)["history"]

@@ -239,3 +239,23 @@ def test_a_daemon_killed_while_a_unique_job_runs_keeps_the_key_until_its_rerun_e
     assert [h["error_type"] for h in project.doc("done", job_id)["history"]] == ["Orphaned", None]
     assert project.submit("Echo", "handle", [], unique_key="k") != job_id, "free once done"
     project.stop(second)
+
+
+def test_a_key_that_cannot_be_taken_puts_the_job_back_until_it_can(project: Project) -> None:
+    """The spool refusing the key's marker is not the job's fault: the claim is undone, the job waits in
+    its ready folder, and runs once the spool takes the marker."""
+    from spoold.paths import SpoolPaths
+    from spoold.spool.unique import key_folder
+
+    configure(project)
+    blocked = key_folder(SpoolPaths(project.spool), "k")
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("in the way")  # a file where the key's folder goes: mkdir fails (EEXIST, not a folder)
+    daemon = project.start()
+    drop_whole(project, "keyed.json", {"class": "Echo", "params": ["x"], "unique_key": "k"})
+    time.sleep(2.0)
+    assert project.names("medium") == ["keyed.json"] and project.names("running") == [], "stuck in running/"
+    blocked.unlink()
+    wait_for(lambda: project.has("done", "keyed"), 10, "the job run once its key could be taken")
+    code, out = project.stop(daemon)
+    assert code == 0 and "cannot take its unique_key" in out

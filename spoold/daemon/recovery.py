@@ -84,6 +84,11 @@ class Recovery:
                             config.lease_seconds)
             try:
                 for name in sorted(os.listdir(folder)):
+                    if lock is None and (unseized_name(name) or unstaged_name(name)):
+                        # Its owner still holds its lock (frozen past its lease): a file it has begun to
+                        # move out is its own, and it finishes that move when it wakes; the seize decides
+                        # only if no one else takes the seized file (docs/design.md, H3).
+                        continue
                     if is_job_name(name) or unseized_name(name) or unstaged_name(name):
                         orphans += self._adopt(config, folder, name, now)
             except FileNotFoundError:

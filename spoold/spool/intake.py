@@ -191,7 +191,12 @@ class Intake:
             os.rename(target, fresh)
             target = fresh
         if isinstance(key := job.doc.get("unique_key"), str):  # a dropped file, or a submitted job: its key
-            held = take_key(self.mover.paths, key, job.id, durable=self.mover.durable)
+            try:
+                held = take_key(self.mover.paths, key, job.id, durable=self.mover.durable)
+            except OSError as e:  # not the job's fault: put it back and look again soon
+                log.warning("job=%s cannot take its unique_key (%s); putting it back", job.id, e)
+                self.mover.write_back(target, folder / name)
+                return Deferred(now + TRANSIENT_READ_SECONDS)
             if held is not None:
                 self.reject(target, f"duplicate of {held}", dropped_as=name)
                 return None
