@@ -101,6 +101,11 @@ class SpoolPaths:
     def ready(self, priority: str) -> Path:
         return self.root / priority
 
+    @property
+    def markers(self) -> Path:
+        """Files that can exist once: [schedule] slots, unique_key holders, [concurrency] slots (SPEC §12)."""
+        return self.root / "markers"
+
     def running_of(self, daemon_id: str) -> Path:
         return self.running / daemon_id
 

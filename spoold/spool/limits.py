@@ -21,21 +21,16 @@ from filelock import FileLock, Timeout
 from spoold.config import Config
 from spoold.paths import SpoolPaths, is_job_name
 from spoold.spool.fsio import read_bounded
+from spoold.spool.node import spool_lock
 
 RECHECK_SECONDS = 0.2  # how soon a class found full is tried again (a slot another daemon freed)
-
-
-def _slot_lock(path: Path) -> FileLock:
-    # preserve_lock_file, as for the daemons' own locks: deleting a lock file others may hold open gives
-    # two holders (docs/design.md, R1).
-    return FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True)
 
 
 class Limits:
     """The slots this daemon holds, by job id, and the classes it found full (until when)."""
 
     def __init__(self, paths: SpoolPaths) -> None:
-        self.folder = paths.root / "markers" / "limits"
+        self.folder = paths.markers / "limits"
         self.held: dict[str, FileLock] = {}
         self.full_until: dict[str, float] = {}
         self.classes: dict[str, str | None] = {}  # ready file path -> its class, read once
@@ -65,7 +60,7 @@ class Limits:
         folder = self.folder / (class_name or "")
         folder.mkdir(parents=True, exist_ok=True)
         for number in range(limit):
-            lock = _slot_lock(folder / f"{number}.lock")
+            lock = spool_lock(folder / f"{number}.lock")
             try:
                 lock.acquire()
             except Timeout:

@@ -93,7 +93,8 @@ def host_of(node_id: str) -> str:
     return bare.rsplit("-", 2)[0]
 
 
-def _lock(path: Path) -> FileLock:
+def spool_lock(path: Path) -> FileLock:
+    """A non-blocking lock on a lock file of the spool, held by this process (not its children)."""
     # preserve_lock_file: deleting a lock path that others may hold open gives two holders (docs/design.md, R1).
     return FileLock(path, timeout=0, thread_local=False, preserve_lock_file=True)
 
@@ -146,7 +147,7 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seco
     paths.running.mkdir(parents=True, exist_ok=True)
     staging = paths.running / f".new-{node_id}"
     staging.mkdir()
-    lock = _lock(staging / LOCK_NAME)
+    lock = spool_lock(staging / LOCK_NAME)
     lock.acquire()
     info = {"id": node_id, "kind": kind.rstrip(".") or "daemon", "host": socket.gethostname(), "pid": os.getpid(),
             "started_at": datetime.now(UTC).isoformat(), "workers": workers}
@@ -170,8 +171,8 @@ def read_info(folder: Path) -> dict[str, object]:
 def try_lock_dead(folder: Path) -> FileLock | None:
     """The lock of a dead daemon's folder, now held by us; None while its owner lives."""
     if not (folder / LOCK_NAME).exists():
-        return _lock(folder / LOCK_NAME) if folder.is_dir() else None
-    lock = _lock(folder / LOCK_NAME)
+        return spool_lock(folder / LOCK_NAME) if folder.is_dir() else None
+    lock = spool_lock(folder / LOCK_NAME)
     try:
         lock.acquire()
     except Timeout:

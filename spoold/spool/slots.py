@@ -33,7 +33,6 @@ from spoold.spool.moves import Mover
 from spoold.spool.node import Node
 
 log = logging.getLogger(__name__)
-MARKERS = "markers"
 STAGED_SUFFIX = ".slot"
 RETRY_SECONDS = 1.0
 KEEP_MARKERS = 10  # per entry, whatever their age: `status` shows the last one
@@ -47,7 +46,7 @@ def stamp(due: float) -> str:
 
 
 def schedule_folder(paths: SpoolPaths, name: str) -> Path:
-    return paths.root / MARKERS / "schedule" / name
+    return paths.markers / "schedule" / name
 
 
 def marker_of(paths: SpoolPaths, job_id: str) -> Path | None:

@@ -32,7 +32,7 @@ TRIES = 100  # a key that changed hands this many times while we looked: the cal
 
 
 def unique_root(paths: SpoolPaths) -> Path:
-    return paths.root / "markers" / "unique"
+    return paths.markers / "unique"
 
 
 def key_folder(paths: SpoolPaths, key: str) -> Path:
