@@ -5,8 +5,9 @@ Run through `make bench` (or bench/run.sh), which provides the venv and a privat
 starts is ended (by pid) on every exit path.
 
 Where things are: processes.py (the processes started, ended by pid, and what is read of them), systems.py
-(the base class, spoold's variants and the floors), peers.py (Huey and RQ), runs.py (throughput, latency,
-scale), report.py (tables, chart, files); this file, the entry point, runs them in order.
+(the base class, spoold's variants, the fork, spawn and file floors), peers.py (Huey and RQ), runs.py
+(throughput, latency, scale), report.py (tables, targets, chart, files); this file, the entry point, runs them
+in order.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from typing import Any
 
 from peers import RQ, Huey
 from processes import PROCS, log
-from report import REPO, header, legend, machine_info, new_row, save, scale_table, source_digest, table, value
+from report import REPO, header, machine_info, markdown, new_row, save, source_digest, targets, value
 from runs import SCALES, Bench, run_latency, run_scale, run_throughput, scale_variants
-from systems import HERE, KINDS, WORKERS, Floor, Spoold, System
+from systems import FILE_FLOOR_LOOPS, HERE, KINDS, WORKERS, FileFloor, Floor, Spoold, System
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
@@ -70,7 +71,9 @@ def run_all(scale: str, root: Path) -> int:
         return max(known) if known else 40.0
 
     spawn = Floor("spawn", daemon_rss, limit=sizes.get("spawn_floor"))
-    systems: list[System] = [*spoolds, Floor("fork", daemon_rss), spawn, Huey(fast=False), Huey(fast=True), RQ()]
+    file_floors = [FileFloor(d, FILE_FLOOR_LOOPS) for d in ("fsync", "fast")]
+    systems: list[System] = [*spoolds, Floor("fork", daemon_rss), *file_floors, spawn,
+                             Huey(fast=False), Huey(fast=True), RQ()]
     rows = {s.key: new_row(s) for s in systems}
     report["rows"] = [rows[s.key] for s in systems]
     runnable = [s for s in systems if rows[s.key]["status"] == "ok"]
@@ -97,9 +100,10 @@ def run_all(scale: str, root: Path) -> int:
 
     report["elapsed_s"] = round(time.monotonic() - bench.budget.started, 1)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    markdown = "\n\n".join([header(report), table(report), legend(report), scale_table(report)]) + "\n"
-    print(markdown)
-    for path in save(report, markdown):
+    report["targets"] = targets(report)
+    text = markdown(report)
+    print(text)
+    for path in save(report, text):
         log(f"wrote {path.relative_to(REPO)}")
     return 0
 

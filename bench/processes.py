@@ -2,6 +2,8 @@
 
 Every process the harness starts goes through PROCS and is ended by pid (its descendants too) on any exit
 path; children_cpu_seconds, pid_cpu_seconds and Monitor read their CPU time and memory (getrusage, /proc).
+Monitor also keeps each main process's own CPU (its threads, not its children), read from /proc/PID/stat
+while it runs and once more when it has exited but is not reaped yet (waitid WNOWAIT: its final figure).
 This module imports none of the bench's others.
 """
 
@@ -104,7 +106,8 @@ def children_cpu_seconds() -> float:
 
 
 def pid_cpu_seconds(pid: int | None) -> float:
-    """user+sys of one process we did not start as a child (redis-server), from /proc/PID/stat."""
+    """user+sys of one process (all its threads, none of its children), from /proc/PID/stat: redis-server,
+    or a daemon (then read while it runs, or as a zombie: see exited)."""
     if pid is None:
         return 0.0
     try:
@@ -112,6 +115,17 @@ def pid_cpu_seconds(pid: int | None) -> float:
     except OSError:
         return 0.0
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def exited(proc: subprocess.Popen[bytes]) -> bool:
+    """True once `proc` has ended, without reaping it (waitid WNOWAIT): its /proc/PID/stat still holds
+    its final CPU times until Popen reaps it."""
+    if proc.returncode is not None:
+        return True
+    try:
+        return os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:  # reaped elsewhere
+        return proc.poll() is not None
 
 
 def vm_kb(pid: int, key: str) -> int:
@@ -130,6 +144,10 @@ class Monitor:
 
     daemon peak = the largest VmHWM of the main processes (the daemon / consumer / each RQ worker);
     all peak = the largest sum of VmRSS over the main processes, their descendants and `extra` (redis).
+    daemon CPU = the sum of the main processes' own user+sys (their threads; children, the fork server
+    and worker processes excluded): over their life, last read when each had exited and was not reaped
+    yet (wait_lines and wait_exit never reap), else at the last sample (a process stopped by a signal);
+    and per job, between the first record lines and the last (daemon_cpu_per_job_s).
     """
 
     FAST_SAMPLE_S = 0.05
@@ -141,6 +159,9 @@ class Monitor:
         self.count = 0
         self.main_pids = main_pids
         self.hwm_kb = dict.fromkeys(main_pids, 0)
+        self.own_cpu_s = dict.fromkeys(main_pids, 0.0)
+        self.final_cpu: set[int] = set()
+        self.cpu_marks: list[tuple[int, float]] = []  # (record lines seen, daemon CPU s then): first and last job
         self.all_peak_kb = 0
         self.extra = [p for p in (_process(pid) for pid in extra_pids) if p is not None]
         self.mains = [p for p in (_process(pid) for pid in main_pids) if p is not None]
@@ -163,7 +184,9 @@ class Monitor:
 
     def sample(self) -> None:
         for pid in self.main_pids:
-            self.hwm_kb[pid] = max(self.hwm_kb[pid], vm_kb(pid, "VmHWM:"))
+            if pid not in self.final_cpu:
+                self.hwm_kb[pid] = max(self.hwm_kb[pid], vm_kb(pid, "VmHWM:"))
+                self.own_cpu_s[pid] = max(self.own_cpu_s[pid], pid_cpu_seconds(pid))
         now = time.monotonic()
         if now < self._next_tree:
             return
@@ -184,25 +207,56 @@ class Monitor:
         self.all_peak_kb = max(self.all_peak_kb, total)
 
     def wait_lines(self, expected: int, deadline: float, procs: list[subprocess.Popen[bytes]]) -> str:
-        """Until `expected` lines: "ok"; or "exited" (every process ended first) or "timeout"."""
+        """Until `expected` lines: "ok"; or "exited" (every process ended first) or "timeout".
+
+        Marks the main processes' own CPU when the first lines appear and when the last one does
+        (cpu_marks, for daemon_cpu_per_job_s)."""
         while True:
             self.sample()
-            if self.lines() >= expected:
+            count = self.lines()
+            if (count and not self.cpu_marks) or (count >= expected and len(self.cpu_marks) == 1):
+                self.cpu_marks.append((count, sum(pid_cpu_seconds(pid) for pid in self.main_pids)))
+            if count >= expected:
                 return "ok"
-            if procs and all(p.poll() is not None for p in procs):
+            if procs and all(self.ended(p) for p in procs):
                 time.sleep(0.1)
                 return "ok" if self.lines() >= expected else "exited"
             if time.monotonic() > deadline:
                 return "timeout"
             time.sleep(0.02)
 
+    def ended(self, proc: subprocess.Popen[bytes]) -> bool:
+        """exited(proc), and then its own CPU read one last time (from its zombie), before anyone reaps it."""
+        if not exited(proc):
+            return False
+        if proc.pid in self.own_cpu_s and proc.pid not in self.final_cpu and proc.returncode is None:
+            self.own_cpu_s[proc.pid] = max(self.own_cpu_s[proc.pid], pid_cpu_seconds(proc.pid))
+            self.final_cpu.add(proc.pid)
+        return True
+
     def wait_exit(self, procs: list[subprocess.Popen[bytes]], deadline: float) -> bool:
-        while any(p.poll() is None for p in procs):
+        while not all(self.ended(p) for p in procs):
             self.sample()
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.02)
+        for proc in procs:
+            proc.poll()  # reap now that the final figures are read
         return True
+
+    @property
+    def daemon_cpu_s(self) -> float:
+        """The main processes' own CPU over their whole life (start-up and exit included)."""
+        return sum(self.own_cpu_s.values())
+
+    @property
+    def daemon_cpu_per_job_s(self) -> float | None:
+        """Their own CPU from the first job's record line to the last's, per job seen meanwhile: start-up
+        and exit left out (at a few hundred jobs an interpreter's start-up would be most of it)."""
+        if len(self.cpu_marks) < 2 or self.cpu_marks[1][0] <= self.cpu_marks[0][0]:
+            return None
+        (first, cpu0), (last, cpu1) = self.cpu_marks[:2]
+        return (cpu1 - cpu0) / (last - first)
 
     @property
     def daemon_peak_mb(self) -> float | None:

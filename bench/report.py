@@ -1,5 +1,5 @@
-"""The report: the machine it ran on, the tables (with the ratios to the peers and to the fork floor), the
-legend, the SVG chart, and the files written under bench/results/.
+"""The report: the machine it ran on, the tables (with the ratios to the peers and to the fork and file
+floors), the issue's targets (met or not), the legend, the SVG chart, and the files written under bench/results/.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from systems import HERE, KINDS, WORKERS, System
+from systems import FILE_FLOOR_LOOPS, HERE, KINDS, WORKERS, System
 
 REPO = HERE.parent
 RESULTS = HERE / "results"
@@ -52,10 +52,12 @@ def machine_info(root: Path) -> dict[str, Any]:
 
 
 def source_digest() -> str:
-    """A short hash of spoold/*.py as they are now: the bench runs the working tree, whatever its state."""
+    """A short hash of spoold's .py files (sub-packages too) as they are now: the bench runs the working
+    tree, whatever its state."""
     digest = hashlib.sha256()
-    for path in sorted((REPO / "spoold").glob("*.py")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    root = REPO / "spoold"
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]
 
 
@@ -110,28 +112,94 @@ def ratio_cell(row: dict[str, Any], peer: dict[str, Any] | None, latency: bool =
     return f"{jobs}; p50 {p50}"
 
 
+FLOOR_OF = {"spoold-process-fsync": "fork-floor", "spoold-process-fast": "fork-floor",
+            "spoold-worker-fsync": "file-floor-fsync", "spoold-worker-fast": "file-floor-fast"}
+
+
 def table(report: dict[str, Any]) -> str:
     rows = report["rows"]
     by_key = {row["key"]: row for row in rows}
     peers = {"RQ": by_key.get("rq"), "Huey": by_key.get("huey"), "Huey fast-poll": by_key.get("huey-fast")}
     head = ["system", "jobs/s no-op", "jobs/s sleep 10 ms", "p50 ms", "p99 ms", "CPU ms/job no-op / sleep",
-            "peak RSS MB daemon / all", *(f"÷ {name}" for name in peers), "÷ fork floor"]
+            "daemon CPU ms/job no-op / sleep", "peak RSS MB daemon / all", *(f"÷ {name}" for name in peers),
+            "÷ fork floor", "÷ file floor"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for row in rows:
         if row["status"] != "ok":
             lines.append(f"| {row['name']} | " + " | ".join([row["status"]] + ["—"] * (len(head) - 2)) + " |")
             continue
         cpu = " / ".join(fmt(value(row, k, "cpu_ms_per_job"), 2) for k in KINDS)
+        own = ("—" if row["key"].startswith("file-floor") else  # its loops are one process and its forks
+               " / ".join(fmt(value(row, k, "daemon_cpu_ms_per_job"), 2) for k in KINDS))
         daemon = max((value(row, k, "daemon_peak_rss_mb") or 0 for k in KINDS), default=0) or None
         everything = max((value(row, k, "all_peak_rss_mb") or 0 for k in KINDS), default=0) or None
         cells = [row["name"], fmt(value(row, "noop", "jobs_per_s")), fmt(value(row, "sleep", "jobs_per_s")),
-                 fmt(value(row, "latency", "p50_ms"), 1), fmt(value(row, "latency", "p99_ms"), 1), cpu,
+                 fmt(value(row, "latency", "p50_ms"), 1), fmt(value(row, "latency", "p99_ms"), 1), cpu, own,
                  f"{fmt(daemon, 1)} / {fmt(everything, 1)}"]
         is_spoold = row["family"] == "spoold"
         cells += [ratio_cell(row, peer) if is_spoold else "—" for peer in peers.values()]
-        floor = by_key.get("fork-floor")
-        cells.append(ratio_cell(row, floor, latency=False) if is_spoold and "process" in row["key"] else "—")
+        floor_key = FLOOR_OF.get(row["key"], "") if is_spoold else ""
+        for floor in ("fork-floor", "file-floor"):
+            cells.append(ratio_cell(row, by_key.get(floor_key), latency=False) if floor_key.startswith(floor) else "—")
         lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _jobs_ratio(rows: dict[str, dict[str, Any]], key: str, peer: str) -> float | None:
+    mine = value(rows.get(key) or {}, "noop", "jobs_per_s")
+    theirs = value(rows.get(peer) or {}, "noop", "jobs_per_s")
+    return round(mine / theirs, 2) if mine and theirs else None
+
+
+def targets(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 14's targets, each with this run's figure and whether it is met (None: not measured)."""
+    rows = {row["key"]: row for row in report["rows"]}
+    out: list[dict[str, Any]] = []
+
+    def add(target: str, system: str, threshold: str, shown: str, met: bool | None, **figures: Any) -> None:
+        out.append({"target": target, "system": system, "threshold": threshold, "value": shown, "met": met,
+                    **figures})
+
+    for key, peer, peer_name, least in (("spoold-process-fsync", "rq", "RQ", 5.0),
+                                        ("spoold-worker-fast", "huey", "Huey", 1.0),
+                                        ("spoold-worker-fsync", "huey", "Huey", 0.7)):
+        r = _jobs_ratio(rows, key, peer)
+        add(f"no-op jobs/s ÷ {peer_name}'s", rows.get(key, {}).get("name", key), f"≥ {least:g}", fmt(r, 2),
+            None if r is None else r >= least, ratio=r)
+    for key in ("spoold-worker-fsync", "spoold-worker-fast"):
+        ms = value(rows.get(key) or {}, "noop", "daemon_cpu_ms_per_job")
+        add("daemon CPU per no-op job (its process and threads, not its children)",
+            rows.get(key, {}).get("name", key), "≤ 0.4 ms", "—" if ms is None else f"{ms:.2f} ms",
+            None if ms is None else ms <= 0.4, ms=ms)
+    rate = report["sizes"]["latency_rate"]
+    for key in FLOOR_OF:
+        row = rows.get(key) or {}
+        p50, p99 = value(row, "latency", "p50_ms"), value(row, "latency", "p99_ms")
+        shown = "—" if p50 is None or p99 is None else f"p50 {p50:.1f} ms, p99 {p99:.1f} ms"
+        add(f"drop-to-start at {rate:g} jobs/s", row.get("name", key), "p50 ≤ 3 ms and p99 ≤ 10 ms", shown,
+            None if p50 is None or p99 is None else p50 <= 3 and p99 <= 10, p50_ms=p50, p99_ms=p99)
+    for entry in report["scale_runs"]:
+        base, big = (entry["runs"] + [{}, {}])[:2]
+        r = (round(big["jobs_per_s"] / base["jobs_per_s"], 2)
+             if base.get("ok") and big.get("ok") and base.get("jobs_per_s") else None)
+        add(f"jobs/s over the first {big.get('window', 0):,} jobs, {big.get('backlog', 0):,} ready files "
+            f"÷ {base.get('backlog', 0):,}" + ("" if big.get("backlog") == 100_000 else
+                                             " (fewer than the target's 100,000 at this scale)"),
+            entry["name"], "≥ 0.8", fmt(r, 2), None if r is None else r >= 0.8, ratio=r)
+    return out
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """What is printed and saved as latest*.md: the header, the table, its legend, the scale run, the targets."""
+    parts = [header(report), table(report), legend(report), scale_table(report), targets_table(report)]
+    return "\n\n".join(parts) + "\n"
+
+
+def targets_table(report: dict[str, Any]) -> str:
+    lines = ["Issue 14's targets:", "", "| target | system | wanted | this run | met |", "|---|---|---|---|---|"]
+    for t in report.get("targets", []):
+        met = "n/a" if t["met"] is None else "met" if t["met"] else "**not met**"
+        lines.append(f"| {t['target']} | {t['system']} | {t['threshold']} | {t['value']} | {met} |")
     return "\n".join(lines)
 
 
@@ -253,9 +321,23 @@ def legend(report: dict[str, Any]) -> str:
     note = f"spawn floor: {counts} jobs (its rate is steady; fewer keep the run short). " if counts != sizes else ""
     warning = "".join(f"**{n}.** " for n in report.get("notes", []))
     return (f"{warning}{note}"
-            "jobs/s: jobs ÷ (last job's end − workers' launch), every job handed over first. p50/p99: drop-to-start "
-            "(the submitter's clock before handing the job over → the job body's first line). CPU: user+sys of the "
-            "workers' whole process tree (+ redis-server for RQ) ÷ jobs (no-op / sleep). RSS: the daemon's (each RQ "
-            "worker's, Huey's consumer's) peak VmHWM / the peak sum over the whole tree (+ redis). ÷ PEER: this row's "
-            "jobs/s ÷ the peer's (no-op / sleep; above 1 = faster), then p50 ÷ the peer's (below 1 = starts sooner). "
-            "÷ fork floor: jobs/s ÷ the bare fork loop's (process-per-job modes only).")
+            "jobs/s: jobs ÷ (last job's end − workers' launch), every job handed over first. p50/p99: "
+            "drop-to-start (the submitter's clock before handing the job over → the job body's first line). CPU: "
+            "user+sys of the workers' whole process tree (+ redis-server for RQ) ÷ jobs (no-op / sleep), start-up"
+            " included. daemon CPU: user+sys of the main process alone, all its threads, none of its children "
+            "(spoold's daemon without its fork server, workers or job children; Huey's consumer without its "
+            "worker processes; both RQ workers without their work horses; a floor's loop without its children), "
+            "from /proc/PID/stat, between the first job's record line and the last's ÷ the jobs in between "
+            "(start-up and exit left out; the whole run's figure is in the JSON). RSS: the daemon's (each RQ "
+            "worker's, Huey's consumer's) peak VmHWM / the peak sum over the whole tree (+ redis). ÷ PEER: this "
+            "row's jobs/s ÷ the peer's (no-op / sleep; above 1 = faster), then p50 ÷ the peer's (below 1 = starts"
+            " sooner). The two floors: the fork floor is a bare loop that renames a job file in, forks a child of"
+            " the daemon's size to run the body, reaps it and renames the file out, 2 at a time: the ceiling for "
+            "a process per job; ÷ fork floor = a process-mode row's jobs/s ÷ its. The file floor is spoold's file"
+            " protocol and nothing else, the body run in-process (no child, no pipe, no log): per job the claim "
+            "rename into running/NODE/, a read of the claimed file, the body, the seize rename to "
+            ".ID.json.moving, the result document (about 670 bytes) written to a fresh tmp/ file (O_EXCL), "
+            "fsynced (fsync only), linked into done/, done/ fsynced (fsync only), then both copies unlinked; "
+            f"{FILE_FLOOR_LOOPS} such loops in parallel (as many as spoold's workers), each one job at a time (no "
+            "group commit: every job pays its own two fsyncs); ÷ file floor = worker/fsync ÷ file floor fsync, "
+            "worker/fast ÷ file floor fast. Below 1: what spoold adds to what the spool itself costs.")

@@ -127,6 +127,9 @@ class Bench:
                 ok=True, seconds=round(elapsed, 3), jobs_per_s=round(n / elapsed, 1),
                 first_start_s=round(min(got.starts[s] for s in done) - t0, 3),
                 cpu_ms_per_job=round(cpu * 1000 / n, 2),
+                daemon_cpu_ms_per_job=(None if monitor.daemon_cpu_per_job_s is None
+                                       else round(monitor.daemon_cpu_per_job_s * 1000, 3)),
+                daemon_cpu_ms_per_job_whole_run=round(monitor.daemon_cpu_s * 1000 / n, 3),
                 daemon_peak_rss_mb=monitor.daemon_peak_mb, all_peak_rss_mb=monitor.all_peak_mb,
                 duplicates=got.duplicates, error=error)
             if getattr(system, "drain_exit_at", None):
@@ -249,7 +252,8 @@ def run_throughput(bench: Bench, system: System, row: dict[str, Any]) -> None:
         run = bench.throughput(system, kind, n)
         row[kind] = run
         if run.get("ok"):
-            log(f"  {run['jobs_per_s']:,} jobs/s, {run['cpu_ms_per_job']} CPU ms/job, "
+            log(f"  {run['jobs_per_s']:,} jobs/s, {run['cpu_ms_per_job']} CPU ms/job "
+                f"(daemon alone {run['daemon_cpu_ms_per_job']}), "
                 f"daemon {run['daemon_peak_rss_mb']} MB, all {run['all_peak_rss_mb']} MB")
 
 

@@ -1,4 +1,5 @@
-"""The systems compared, one row of the table each: the base class, spoold's variants and the floors.
+"""The systems compared, one row of the table each: the base class, spoold's variants and the floors
+(the fork and spawn floors, Floor; the file floor, FileFloor).
 
 A System sets up a run folder, hands over one job, starts the workers and stops them. The peers (Huey, RQ)
 are in peers.py; write_backlog writes the scale run's ready files the way spoold's submitter does.
@@ -23,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 KINDS = ("noop", "sleep")
 WORKERS = 2
+FILE_FLOOR_LOOPS = 2  # the file floor's loops in parallel (floor.py file), as many as spoold's workers: README
 
 
 class System:
@@ -215,6 +217,46 @@ class Floor(System):
         monitor.wait_exit(procs, time.monotonic() + 30)
         code = PROCS.wait(procs[0], timeout=1)
         return None if code == 0 else f"floor.py exited {code}"
+
+
+class FileFloor(System):
+    """The spool's own floor (floor.py file): spoold's file protocol per job, the body in-process, nothing else.
+
+    Jobs are submitted as for spoold (run_background_job, into spool/medium/); `loops` loops run in
+    parallel, each on its own share of the files.
+    """
+
+    family = "floor"
+    latency = False
+
+    def __init__(self, durability: str, loops: int = 1) -> None:
+        self.durability, self.loops = durability, loops
+        self.key = f"file-floor-{durability}"
+        self.name = f"file floor {durability}"
+        synced = durability == "fsync"
+        self.notes = (f"{loops} loops in parallel, one job at a time each: claim rename, read, body in-process, "
+                      "seize rename, tmp write" + (" + fsync" if synced else "") + ", link into done/"
+                      + (" + folder fsync" if synced else "") + ", 2 unlinks")
+
+    def setup(self, run_dir: Path, kind: str) -> None:
+        super().setup(run_dir, kind)
+        copy_jobs(run_dir)
+        self.config = write_spoold_config(run_dir, {"durability": self.durability})
+
+    def submit(self, kind: str, seq: int, record: Path) -> None:
+        from spoold import run_background_job
+
+        run_background_job("BenchJob", kind, [seq, str(record)], config=str(self.config))
+
+    def launch(self, kind: str, *, batch: bool) -> list[subprocess.Popen[bytes]]:
+        argv = [sys.executable, str(HERE / "floor.py"), "file", kind, str(self.run_dir / "spool"),
+                str(self.run_dir / "record.txt"), self.durability, str(self.loops)]
+        return [PROCS.start(argv, cwd=self.run_dir, env=self.env(), log_path=self.log_path())]
+
+    def finish(self, procs: list[subprocess.Popen[bytes]], monitor: Monitor, *, batch: bool) -> str | None:
+        monitor.wait_exit(procs, time.monotonic() + 30)
+        code = PROCS.wait(procs[0], timeout=1)
+        return None if code == 0 else f"floor.py file exited {code}"
 
 
 def write_backlog(config_path: Path, record: Path, count: int) -> str:
