@@ -8,7 +8,7 @@ import logging
 import os
 import secrets
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spoold.errors import NameTaken
@@ -137,46 +137,75 @@ def remove_source(src: Path, dst: Path) -> bool:
     return True
 
 
-def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True) -> None:
+def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True,
+            before_link: Callable[[], None] | None = None) -> None:
     """Write `data` as the new file `dst`: staged in tmp/, fsynced, then moved in without replacing."""
-    (error,) = publish_many(tmp_dir, [(data, dst)], durable=durable)
+    (error,) = publish_many(tmp_dir, [(data, dst)], durable=durable, before_link=before_link)
     if error is not None:
         raise error
 
 
-def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable: bool = True) -> list[OSError | None]:
+def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable: bool = True,
+                 before_link: Callable[[], None] | None = None) -> list[OSError | None]:
     """publish() for files written together (group commit): each is staged and fsynced, all are linked
     in, each target folder is fsynced once (a failed fsync undoes its links), then the staged copies go.
+    `before_link` runs once all are staged, before the first link (what must be durable before them).
     Per file: None once it is durable in place, or the error that left it out (NameTaken: name taken)."""
     results: list[OSError | None] = [None] * len(files)
-    linked: list[tuple[int, Path, Path]] = []  # (index, staged, dst)
+    staged: list[tuple[int, Path, Path]] = []  # (index, staged, dst)
     for index, (data, dst) in enumerate(files):
-        staged: Path | None = None
         try:
-            staged = write_tmp(tmp_dir, data, durable=durable)
-            if os.name == "posix" and link_no_replace(staged, dst):
-                linked.append((index, staged, dst))
+            staged.append((index, write_tmp(tmp_dir, data, durable=durable), dst))
+        except OSError as e:
+            results[index] = e
+    if before_link is not None and staged:
+        try:
+            before_link()
+        except OSError as e:
+            for index, path, _ in staged:
+                path.unlink(missing_ok=True)
+                results[index] = e
+            return results
+    linked = _link_all(staged, results, durable=durable)
+    if durable:
+        linked = _fsync_targets(linked, results)
+    for _, path, dst in linked:
+        remove_source(path, dst)  # a tmp/ copy left behind is reaped later
+    return results
+
+
+def _link_all(staged: list[tuple[int, Path, Path]], results: list[OSError | None], *,
+              durable: bool) -> list[tuple[int, Path, Path]]:
+    """Link each staged copy to its target; the ones linked (a failure is noted in `results`)."""
+    linked: list[tuple[int, Path, Path]] = []
+    for index, path, dst in staged:
+        try:
+            if os.name == "posix" and link_no_replace(path, dst):
+                linked.append((index, path, dst))
             else:  # Windows, or a filesystem without hard links: one move at a time
-                move_no_replace(staged, dst, durable=durable)
+                move_no_replace(path, dst, durable=durable)
         except BaseException as e:
-            if staged is not None:
-                staged.unlink(missing_ok=True)
+            path.unlink(missing_ok=True)
             if not isinstance(e, OSError):
                 raise
             results[index] = e
-    for folder in {dst.parent for _, _, dst in linked} if durable else ():
+    return linked
+
+
+def _fsync_targets(linked: list[tuple[int, Path, Path]], results: list[OSError | None]) -> list[tuple[int, Path, Path]]:
+    """Fsync each target folder once; a failed fsync undoes that folder's links, so each is redone from
+    its source (docs/design.md, P9). The links that are durable."""
+    for folder in {dst.parent for _, _, dst in linked}:
         try:
             fsync_dir(folder)
-        except OSError as e:  # not durable: undo these links, so each is redone from its source (docs/design.md, P9)
-            for index, staged, dst in [item for item in linked if item[2].parent == folder]:
+        except OSError as e:
+            for index, path, dst in [item for item in linked if item[2].parent == folder]:
                 with contextlib.suppress(OSError):
                     os.unlink(dst)
-                staged.unlink(missing_ok=True)
+                path.unlink(missing_ok=True)
                 results[index] = e
             linked = [item for item in linked if item[2].parent != folder]
-    for _, staged, dst in linked:
-        remove_source(staged, dst)  # a tmp/ copy left behind is reaped later
-    return results
+    return linked
 
 
 def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:

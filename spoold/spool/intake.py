@@ -156,6 +156,7 @@ class Intake:
                 if isinstance(e, FileNotFoundError) or e.errno == errno.ESTALE:
                     return None  # another daemon (or a person, or another host) took it first
                 raise
+        self.mover.claims.note()  # not fsynced now: before its commit (moves.ClaimLog)
         if early is not None and early.job.id != job_id:
             early = None
         return self._check_claimed(config, folder, name, target, job_id, now, early)

@@ -23,18 +23,43 @@ TAKEN_CHECK = (*READY, Folder.SCHEDULED, Folder.DONE, Folder.FAILED, Folder.REJE
 
 
 @dataclass
+class ClaimLog:
+    """Claims (renames into a node folder) that may not be durable yet, shared by a node's Movers.
+
+    A claim is not fsynced: that would cost a folder fsync per job. But its job's next state must not
+    become durable before it: a power cut could then bring the ready copy back beside the result, and
+    the job would run again. So a commit first fsyncs the node folder, once for every claim made since
+    the last time (docs/design.md, P5, P7); on ext4 the result's own fsync has mostly done it already.
+    """
+
+    claimed: int = 0
+    synced: int = 0
+
+    def note(self) -> None:
+        self.claimed += 1
+
+    def sync(self, folder: Path) -> None:
+        upto = self.claimed
+        if upto > self.synced:
+            fsync_dir(folder)
+            self.synced = max(self.synced, upto)
+
+
+@dataclass
 class Mover:
     """The file moves of one node (daemon or `--now` run), durable unless `durable` is off.
 
     `stale` holds claimed copies whose job was committed elsewhere but that could not be removed:
     they are removed later, never committed again. `may_act` is the node's lease (lease.Heartbeat.ok):
-    once it says no, no claim is moved any more.
+    once it says no, no claim is moved any more. `claims`: this node's claims not yet fsynced, made
+    durable before any commit (ClaimLog).
     """
 
     paths: SpoolPaths
     durable: bool = True
     stale: list[Path] = field(default_factory=list)
     may_act: Callable[[], bool] = field(default=lambda: True)
+    claims: ClaimLog = field(default_factory=ClaimLog)
 
     def seize(self, claimed: Path) -> Path:
         """The decisive step of every move out of our claim: one rename to a hidden name in our folder.
@@ -79,17 +104,25 @@ class Mover:
                 return True
         return False
 
-    def write(self, job: Job, folder: str) -> Path:
-        """Publish a new version of `job` into `folder`; a taken name gets a fresh id (source_name kept)."""
+    def write(self, job: Job, folder: str, *, claimed_in: Path | None = None) -> Path:
+        """Publish a new version of `job` into `folder`; a taken name gets a fresh id (source_name kept).
+        `claimed_in`: the node folder the job was claimed into; its claims are made durable first."""
         target = self.paths.job_file(folder, job.id)
+        before_link = self._claims_synced(claimed_in)
         try:
-            publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link)
         except NameTaken:
             job.doc.setdefault("source_name", job.id + JOB_SUFFIX)
             job.id = new_job_id()
             target = self.paths.job_file(folder, job.id)
-            publish(self.paths.tmp, dump_job(job), target, durable=self.durable)
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link)
         return target
+
+    def _claims_synced(self, node_folder: Path | None) -> Callable[[], None] | None:
+        """What makes our claims durable before a commit's link (ClaimLog); None when nothing is fsynced."""
+        if node_folder is None or not self.durable:
+            return None
+        return lambda: self.claims.sync(node_folder)
 
     def rewrite_claim(self, job: Job, claimed: Path) -> None:
         """A new version of our own claimed copy, in place (a `--now` run between two attempts): the claim
@@ -108,7 +141,7 @@ class Mover:
         vanished first, Fenced if our lease may have ended."""
         seized = self.seize(claimed)
         try:
-            target = self.write(job, folder)
+            target = self.write(job, folder, claimed_in=seized.parent)
         except BaseException:
             self._unseize(seized, claimed)
             raise
@@ -147,7 +180,8 @@ class Mover:
         present = list(seized)
         targets = {index: self.paths.job_file(items[index][2], items[index][0].id) for index in present}
         errors = publish_many(self.paths.tmp, [(dump_job(items[index][0]), targets[index]) for index in present],
-                              durable=self.durable)
+                              durable=self.durable,
+                              before_link=self._claims_synced(seized[present[0]].parent if present else None))
         for index, error in zip(present, errors, strict=True):
             job, claimed, folder = items[index]
             if error is not None:

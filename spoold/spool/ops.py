@@ -94,6 +94,7 @@ class Operator:
             os.rename(path, taken)
         except FileNotFoundError:
             return None
+        self.mover.claims.note()
         return taken
 
     def rewrite(self, taken: Path, original: Path, edit: Callable[[Job], str], *,
