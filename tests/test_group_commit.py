@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import random
+import signal
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import Project, wait_for
 
 from spoold.errors import LostClaim
 from spoold.job import Job
@@ -68,3 +73,30 @@ def test_a_group_that_cannot_be_written_leaves_every_claim_in_place(paths: Spool
     assert all(isinstance(r, OSError) for r in results)
     assert sorted(p.name for p in paths.running_of("node-1").iterdir()) == ["a.json", "b.json"]
     assert list(paths.done.iterdir()) == []
+
+
+@pytest.mark.parametrize("isolation", ["process", "worker"])
+def test_one_kill_re_runs_at_most_twice_workers_minus_one_jobs(project: Project, isolation: str) -> None:
+    """A SIGKILL re-runs what was running and what had finished but was not committed yet: bounded by
+    2 × workers - 1 per kill (docs/design.md, C2), each re-run recorded as an Orphaned run."""
+    workers, kills, jobs = 2, 6, 300
+    project.configure(workers=workers, retry_attempts=50, extra='RecordRun = ["handle"]')
+    project.set_keys(isolation=f'"{isolation}"')
+    record = project.root / "runs.txt"
+    ids = [project.submit("RecordRun", params=[str(record)]) for _ in range(jobs)]
+    rng = random.Random(14)
+    for _ in range(kills):
+        daemon = project.start()
+        wait_for(lambda: record.exists(), 10, "a first run")
+        time.sleep(rng.uniform(0.2, 0.6))
+        os.killpg(daemon.pid, signal.SIGKILL)
+        daemon.wait(timeout=10)
+    assert project.drain(timeout=120).returncode == 0
+    runs = Counter(line.split()[0] for line in record.read_text().splitlines())
+    assert sorted(project.names("done")) == sorted(f"{job_id}.json" for job_id in ids)
+    assert set(runs) == set(ids)
+    re_runs = sum(count - 1 for count in runs.values())
+    assert re_runs <= kills * (2 * workers - 1), f"{re_runs} re-runs after {kills} kills"
+    for job_id, count in runs.items():
+        orphaned = [run for run in project.doc("done", job_id)["history"] if run["error_type"] == "Orphaned"]
+        assert count - 1 <= len(orphaned), f"{job_id} ran {count} times, {len(orphaned)} Orphaned runs recorded"

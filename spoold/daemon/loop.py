@@ -299,8 +299,12 @@ class Daemon:
 
     def has_free_slot(self, now: float) -> bool:
         """A slot frees when its child exits (its last move may still be in the committer's hands); a
-        result the spool could not take keeps its slot until it is written."""
-        return now >= self.claims_held_until and len(self.children) + len(self.committer.pending) < self.config.workers
+        result the spool could not take keeps its slot until it is written. And no job starts while
+        `workers` finished ones wait for the committer: a kill re-runs every run not yet committed, so
+        this bounds what one kill can re-run to 2 × workers - 1 (docs/design.md, C2)."""
+        workers = self.config.workers
+        return (now >= self.claims_held_until and len(self.children) + len(self.committer.pending) < workers
+                and self.committer.in_flight < workers)
 
     def start_ready(self, now: float) -> None:
         aging = self.config.priority_aging_seconds
