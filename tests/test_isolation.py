@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
 import pytest
 from conftest import Project, process_gone, wait_for
 
@@ -43,6 +47,28 @@ def test_output_and_results_stay_with_their_own_job_in_a_shared_worker(project: 
         doc = project.doc("done", job_id)
         assert doc["result"] == f"JOB{n}"
         assert doc["output"].strip() == f"shouting job{n}"
+
+
+def test_a_worker_job_leaves_no_file_and_a_dying_one_keeps_its_last_output(project: Project) -> None:
+    """A worker's outcome comes back in its reply, so its jobs write no file of their own; a worker that
+    dies mid-job is reported with its output file, and the record still has what it printed."""
+    project.configure(workers=1)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    (node,) = project.daemon_folders()
+    scratch = Path(tempfile.gettempdir()) / f"spoold-{node.name}"
+    quiet = [project.submit("Echo", "shout", [f"job{n}"]) for n in range(5)]
+    wait_for(lambda: all(project.has("done", job_id) for job_id in quiet), 20, "the jobs done")
+    assert [name for name in os.listdir(scratch) if not name.startswith("worker-")] == []
+    dying = project.submit("KillSelf", "handle", ["my last words"])
+    wait_for(lambda: project.has("failed", dying), 20, "the dying job failed")
+    doc = project.doc("failed", dying)
+    assert doc["error"]["type"] == "Crashed" and doc["output"].strip() == "my last words"
+    after = project.submit("Echo", "shout", ["after"])
+    wait_for(lambda: project.has("done", after), 20, "a new worker runs the next job")
+    assert project.doc("done", after)["output"].strip() == "shouting after"
+    assert len(os.listdir(scratch)) == 1, os.listdir(scratch)  # the new worker's file; the dead one's is gone
+    assert project.stop(daemon)[0] == 0
 
 
 def test_cancelling_a_job_kills_its_worker_and_files_it_as_cancelled(project: Project) -> None:

@@ -1,10 +1,12 @@
 """A job's last move after a run: its commit, group commit, and the retry of a commit the spool refused.
 
-A durable commit waits on two fsyncs; done in the loop, the next job could not start meanwhile. So a
-run that ends in done/ or failed/ (and hands no chain on) is committed by the committer thread, which
-takes every job that finished while it was busy and commits them together: they share one folder
-fsync (Mover.commit_many). A move that leads to another event of the same job (a retry, a chain's next
-step) is written at once in the caller's thread, in order, so its log line always comes first.
+A durable commit waits on two fsyncs; done in the loop, the next job could not start meanwhile. So,
+with `durability = "fsync"`, a run that ends in done/ or failed/ (and hands no chain on) is committed
+by the committer thread, which takes every job that finished while it was busy and commits them
+together: they share one folder fsync (Mover.commit_many). With "fast" a commit is a few renames,
+cheaper than the hand-off to a thread, so it is written at once. A move that leads to another event
+of the same job (a retry, a chain's next step) is written at once in the caller's thread, in order,
+so its log line always comes first.
 What is promised does not change: a claimed copy is removed only after its new state is durable, and
 a crash before that leaves the job to recovery (docs/design.md, P7).
 
@@ -76,8 +78,10 @@ class Committer:
         return bool(self.in_flight or self.pending)
 
     def finish(self, item: Finished, config: Config) -> None:
-        """The last move of a run: to the thread when nothing follows it, else written now."""
-        if item.settled.folder in (Folder.DONE, Folder.FAILED) and not item.job.chain and self.thread is not None:
+        """The last move of a run: to the thread when nothing follows it and it waits on fsyncs, else
+        written now (with `durability = "fast"` a commit is a few renames: the hand-off would cost more)."""
+        if (item.settled.folder in (Folder.DONE, Folder.FAILED) and not item.job.chain and self.thread is not None
+                and self.mover.durable):
             self.in_flight += 1
             self.inbox.put(item)
         else:

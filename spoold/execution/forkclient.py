@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import IO, Any
 
 from spoold.config import Config
@@ -110,7 +111,7 @@ class ForkServerLauncher:
                 if child is not None:
                     child.pid = message["pid"]
             elif "returncode" in message:
-                self._ended(message["id"], message["returncode"])
+                self._ended(message["id"], message["returncode"], message.get("reply"), message.get("out"))
         proc.wait()
         with self.lock:
             orphans = list(self.waiting)
@@ -129,11 +130,14 @@ class ForkServerLauncher:
         if child is not None and child.pid > 0:
             kill_group(child.pid)
 
-    def _ended(self, job_id: str, returncode: int) -> None:
+    def _ended(self, job_id: str, returncode: int, reply: dict[str, Any] | None = None,
+               output_file: str | None = None) -> None:
         with self.lock:
             child, on_exit = self._forget(job_id)
         if child is None or on_exit is None:
             return
+        child.reply = reply if isinstance(reply, dict) else None
+        child.output_file = Path(output_file) if isinstance(output_file, str) else None
         child.returncode = returncode
         child.exited.set()
         on_exit(job_id)

@@ -20,12 +20,11 @@ from typing import Any, Protocol
 
 from spoold.config import Config
 from spoold.execution.preload import PreloadReport
+from spoold.execution.protocol import read_tail
 from spoold.job import Job
 from spoold.outcomes import Outcome
 
 log = logging.getLogger(__name__)
-
-OUTPUT_TAIL_BYTES = 4096
 
 
 def _error(kind: str, message: str) -> dict[str, str]:
@@ -47,6 +46,8 @@ class ChildProcess:
     killed_for: str | None = None
     spec_written: bool = False  # spawn passes the spec as a file, the fork server in its request
     exited: threading.Event = field(default_factory=threading.Event)
+    reply: dict[str, Any] | None = None  # a worker's outcome and output, sent with its end: no files then
+    output_file: Path | None = None  # where a worker that died mid-job had its output, instead of STEM.out
 
     def scratch_file(self, suffix: str) -> Path:
         return self.stem.with_name(self.stem.name + suffix)
@@ -60,9 +61,13 @@ class ChildProcess:
     def outcome(self) -> Outcome:
         """Read what the child reported; call once it has exited."""
         duration_ms = int((time.monotonic() - self.started) * 1000)
-        output = _tail(self.scratch_file(".out"))
+        if self.reply is not None:
+            output, report = self.reply.get("output"), self.reply.get("report")
+            output, reported = str(output or ""), report if isinstance(report, dict) else None
+        else:
+            output = _tail(self.output_file or self.scratch_file(".out"))
+            reported = _read_json(self.scratch_file(".result"))
         code = self.returncode
-        reported = _read_json(self.scratch_file(".result"))
         if self.killed_for == "Timeout":
             outcome = Outcome("failure", error=_error("Timeout", f"killed after the time limit of {self.timeout:g}s"),
                               error_mro=("Timeout",))
@@ -83,9 +88,12 @@ class ChildProcess:
         return outcome
 
     def cleanup(self) -> None:
-        for suffix in (".out", ".result", ".spec") if self.spec_written else (".out", ".result"):
+        if self.reply is not None:
+            return  # a worker's job wrote no file of its own
+        files = [self.scratch_file(suffix) for suffix in (".out", ".result", ".spec")[:3 if self.spec_written else 2]]
+        for path in [*files, *([self.output_file] if self.output_file else [])]:
             with contextlib.suppress(OSError):
-                os.unlink(self.scratch_file(suffix))
+                os.unlink(path)
 
 
 def _from_report(reported: dict[str, Any]) -> Outcome:
@@ -123,17 +131,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 
 def _tail(path: Path) -> str:
-    """The last OUTPUT_TAIL_BYTES of what the job printed."""
+    """The end of what the job printed (protocol.read_tail)."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
     except OSError:
         return ""
     try:
-        size = os.fstat(fd).st_size
-        if size == 0:
-            return ""
-        os.lseek(fd, max(0, size - OUTPUT_TAIL_BYTES), os.SEEK_SET)
-        return os.read(fd, OUTPUT_TAIL_BYTES).decode("utf-8", "replace")
+        return read_tail(fd)
     except OSError:
         return ""
     finally:

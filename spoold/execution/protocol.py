@@ -4,8 +4,11 @@ Daemon -> server (its stdin): `{"id", "spec", "out", "env"}` starts a job, `{"ki
 job's process group if it has not been reaped yet (so a freed pid is never signalled). Server -> daemon
 (its stdout): `{"ready": true, "bootstrap", "imports"}` once (preload.py's report), then `{"id", "pid"}`
 when a child or worker runs the job and `{"id", "returncode"}` when it has ended (negative: the signal
-that killed it). A worker tells the server its preload report once (`{"preloaded": ...}`), then that it
-finished a job with the line `done`. End of the server's stdin ends the server.
+that killed it). A worker tells the server its preload report once (`{"preloaded": ...}`), then, for
+each job it finished, `{"report": OUTCOME, "output": TAIL}`, which the server passes on as the `reply`
+of the job's `{"id", "returncode": 0, "reply"}`: a worker's job leaves no file behind. A worker that died
+mid-job is reported with `"out"`, its output file, for the daemon to read. End of the server's stdin
+ends the server.
 
 Stdlib only, and small: the fork server and every job child it forks load this module.
 """
@@ -17,7 +20,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-WORKER_DONE = b"done\n"
+OUTPUT_TAIL_BYTES = 4096
 
 
 def write_all(fd: int, data: bytes) -> None:
@@ -25,6 +28,33 @@ def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def read_tail(fd: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
+    """The last `limit` bytes of the open file `fd`, as text: what a job printed, for its run's record."""
+    size = os.fstat(fd).st_size
+    if size == 0:
+        return ""
+    os.lseek(fd, max(0, size - limit), os.SEEK_SET)  # not pread: Windows has none
+    return os.read(fd, limit).decode("utf-8", "replace")
+
+
+def worker_output(out: str, pid: int) -> str:
+    """A worker's one output file, beside the per-job `out` path of its requests, truncated for each job."""
+    return os.path.join(os.path.dirname(out), f"worker-{pid}.out")
+
+
+def worker_reply(outcome: dict[str, Any], output: str) -> bytes:
+    return encode({"report": outcome, "output": output})
+
+
+def is_worker_reply(line: bytes) -> bool:
+    return line.startswith(b'{"report"')
+
+
+def ended_with_reply(job_id: str, reply: bytes) -> bytes:
+    """The server passes a worker's reply line on as it is, not decoded and encoded again."""
+    return b'{"id": %s, "returncode": 0, "reply": %s}\n' % (json.dumps(job_id).encode(), reply)
 
 
 def encode(message: dict[str, Any]) -> bytes:

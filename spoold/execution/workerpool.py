@@ -6,7 +6,9 @@ daemon's kill reaches the worker's whole group, the worker dies, and the next jo
 worker retires after `max_jobs_per_worker` jobs, so leaks do not grow without bound.
 
 Same protocol with the daemon as the fork server's (it is one): `{"id", "pid"}` when a worker takes
-the job, `{"id", "returncode"}` when it is done (0) or when its worker died under it.
+the job, `{"id", "returncode"}` when it is done (0, with the job's outcome and output as its `reply`)
+or when its worker died under it (with the worker's output file as `out`). A worker's output goes to
+one file of its own, emptied for each job, and its outcome travels in its reply: no file per job.
 """
 
 from __future__ import annotations
@@ -17,14 +19,24 @@ import os
 import signal
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-from spoold.execution.child import report, run
-from spoold.execution.child_setup import become_job_child, redirect_output, take_request
+from spoold.execution.child import run
+from spoold.execution.child_setup import become_job_child, redirect_output
 from spoold.execution.groups import kill_group
 from spoold.execution.preload import NOTHING_FOUND, Preload, PreloadReport
-from spoold.execution.protocol import WORKER_DONE, ended, preloaded, send, started, write_all
+from spoold.execution.protocol import (
+    ended,
+    ended_with_reply,
+    is_worker_reply,
+    preloaded,
+    read_tail,
+    send,
+    started,
+    worker_output,
+    worker_reply,
+    write_all,
+)
 from spoold.execution.serverloop import Server
 
 
@@ -36,26 +48,37 @@ class Worker:
     job_id: str | None = None
     jobs: int = 0  # handed to it so far; at max_jobs it retires, so it is never given another
     buffer: bytes = b""
+    output: str | None = None  # its output file (protocol.worker_output), known from its first request
 
 
 def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], server: int, preload: Preload) -> None:
     """In the forked worker: become a job child, preload (its own bootstrap: nothing it opens is shared with
     another worker), say so, then run one job per request line. Never returns."""
+    output: str | None = None
     try:
         devnull = become_job_child(server, inherited)
         write_all(replies, preloaded(preload.run()))
         lines = os.fdopen(requests, "rb")
+        out = -1
         for _ in range(max_jobs):
             line = lines.readline()
             if not line:
                 break
             request = json.loads(line)
-            take_request(request)
-            spec = request["spec"]
-            report(Path(spec["result_path"]), run(spec))
+            if output is None:  # O_APPEND: emptied by a truncate, every write lands at its end
+                output = worker_output(request["out"], os.getpid())
+                out = os.open(output, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND, 0o644)
+            else:
+                os.ftruncate(out, 0)
+            redirect_output(out)
+            os.environ.update(request.get("env", {}))
+            outcome = run(request["spec"])
             redirect_output(devnull)
-            os.write(replies, WORKER_DONE)
+            write_all(replies, worker_reply(outcome, read_tail(out)))
     finally:
+        if output is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(output)
         os._exit(0)
 
 
@@ -104,6 +127,7 @@ class WorkerServer(Server):
         idle = (w for w in self.workers.values() if w.job_id is None and w.jobs < self.max_jobs)
         worker = next(idle, None) or self._fork_worker()
         worker.job_id, worker.jobs = request["id"], worker.jobs + 1
+        worker.output = worker.output or worker_output(request["out"], worker.pid)
         with contextlib.suppress(BrokenPipeError):  # it died a moment ago: reaping reports the job with it
             write_all(worker.to_worker, raw + b"\n")  # a large request may take more than one write
         send(started(request["id"], worker.pid))
@@ -118,13 +142,14 @@ class WorkerServer(Server):
 
     def _read_replies(self, worker: Worker) -> None:
         with contextlib.suppress(BlockingIOError, OSError):
-            worker.buffer += os.read(worker.from_worker, 4096)
+            while chunk := os.read(worker.from_worker, 65536):  # a reply holds a result: it may be large
+                worker.buffer += chunk
         while b"\n" in worker.buffer:
             line, worker.buffer = worker.buffer.split(b"\n", 1)
-            if line.startswith(b"{"):  # a new worker's preload report: a later one's failure shows in its jobs
+            if not is_worker_reply(line):  # a new worker's preload report: a later one's failure shows in its jobs
                 continue
             if worker.job_id is not None:
-                send(ended(worker.job_id, 0))
+                write_all(1, ended_with_reply(worker.job_id, line))
                 worker.job_id = None
 
     def on_readable(self, readable: list[int]) -> None:
@@ -146,8 +171,9 @@ class WorkerServer(Server):
             for fd in (worker.to_worker, worker.from_worker):
                 os.close(fd)
             del self.workers[pid]
-            if worker.job_id is not None:
-                send(ended(worker.job_id, os.waitstatus_to_exitcode(status) or -signal.SIGKILL))
+            if worker.job_id is not None:  # its job's output is in the worker's file: the daemon reads it
+                message = ended(worker.job_id, os.waitstatus_to_exitcode(status) or -signal.SIGKILL)
+                send({**message, "out": worker.output} if worker.output else message)
 
     def shutdown(self) -> None:
         for pid in self.workers:

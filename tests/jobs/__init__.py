@@ -38,7 +38,9 @@ class Raise:
 
 
 class KillSelf:
-    def handle(self) -> None:
+    def handle(self, last_words: str = "") -> None:
+        if last_words:
+            print(last_words, flush=True)
         os.kill(os.getpid(), signal.SIGKILL)
 
 
