@@ -612,6 +612,32 @@ def schedule(ctx: Context, result: Result) -> None:
                        "run once (twice only when a kill orphaned its run)")
 
 
+def power_loss(ctx: Context, result: Result) -> None:
+    """tests/powerloss.py's trials: 1-2 daemons on a crashfs spool (tests/crashfs.py), a power cut at a random
+    moment, a drain; lost: submitted jobs missing, duplicated: submissions with two records or more."""
+    from crashfs import CrashFSError  # tests/ is on sys.path (harness)
+    from powerloss import run_trials
+
+    trials = ctx.n(120)
+    try:
+        summary = run_trials(trials, ctx.rng.randrange(1 << 30), work=ctx.root)
+    except CrashFSError as e:
+        result.fail(f"crashfs cannot run here: {e}")
+        return
+    result.jobs, result.faults, result.restarts = summary.submitted, summary.trials, summary.trials
+    result.lost, result.duplicated = summary.lost, summary.duplicated
+    result.details.update({key: getattr(summary, key) for key in (
+        "trials", "failed_trials", "with_losses", "with_duplicates", "misplaced", "left", "ran_twice", "modules")})
+    result.details["seconds_per_trial"] = round(summary.seconds / max(1, summary.trials), 2)
+    result.details["failures"] = summary.failures[:20]
+    if summary.failed_trials:
+        result.fail(f"{summary.failed_trials} of {summary.trials} trials failed: {summary.with_losses} lost a job, "
+                    f"{summary.with_duplicates} recorded one twice, e.g. {summary.failures[0]}")
+    result.verified = ("per power cut (daemons, children and submitter SIGKILLed, what was not fsynced dropped), "
+                       "then a drain: every job whose submit returned in done/ (failed/ if meant to) with exactly "
+                       "one record, chain steps too, nothing left in ready/scheduled/running/rejected")
+
+
 # -- running, the table, the JSON -----------------------------------------------------------------------------
 
 SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
@@ -623,6 +649,7 @@ SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
     ("crash-points", crash_points),
     ("multihost", multihost),
     ("schedule", schedule),
+    ("power-loss", power_loss),
 ]
 
 
