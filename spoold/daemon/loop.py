@@ -10,6 +10,7 @@ import logging
 import queue
 import shutil
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -40,6 +41,10 @@ from spoold.spool.unique import PendingJobs
 
 log = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
+# Finished jobs per worker that may wait for the committer: larger batches share their folder fsyncs
+# (a window of 2 per worker cost worker/fsync a third of its rate, 8 about a sixth, against none), and
+# one kill re-runs at most workers + COMMIT_WINDOW × workers - 1 jobs (docs/design.md, C2).
+COMMIT_WINDOW = 8
 REJOIN = -1  # run() after a lost lease: not an exit code, the caller opens a new daemon
 
 
@@ -86,7 +91,7 @@ def open_daemon(config: Config, *, drain: bool = False, workers: int | None = No
     scratch = scratch_folder(node.id)
     try:
         scratch.mkdir(parents=True, exist_ok=True)
-        launcher = start_launcher(config)
+        launcher = start_launcher(config, inline=True)
     except BaseException:
         node.close()
         raise
@@ -128,6 +133,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.next_retention = 0.0
         self.hold_claims_until = 0.0  # a claim or a child start failed: claim nothing before then
+        self.loop_thread = threading.get_ident()
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -152,6 +158,7 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or, with --drain, until nothing is ready or running). REJOIN if our
         lease was lost: the caller joins the spool again as a new daemon."""
+        self.loop_thread = threading.get_ident()
         try:
             self.start_threads()
             while True:
@@ -161,11 +168,11 @@ class Daemon:
                 except OSError as e:  # the spool's filesystem failed under us (a cut-off mount): the next pass retries
                     log.error("a pass of the loop failed, trying again: %s", e)
                     if not self.node.heartbeat.fenced:
-                        self.waker.sleep(min(1.0, self.config.rescan_seconds))
+                        self.waker.sleep(min(1.0, self.config.rescan_seconds), self.launcher.fileno())
                         continue
                 if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
-                self.waker.sleep(self.sleep_seconds(time.time()))
+                self.waker.sleep(self.sleep_seconds(time.time()), self.launcher.fileno())
         finally:
             self.close()
         if self.node.heartbeat.fenced:
@@ -185,6 +192,7 @@ class Daemon:
 
     def loop_once(self, now: float) -> None:
         self.act_on_signals(now)
+        self.launcher.pump()  # the fork server's news: children started and ended
         self.collect_finished(now)
         self.committer.collect(now)
         self.committer.retry_due(now, self.config)
@@ -300,11 +308,11 @@ class Daemon:
     def has_free_slot(self, now: float) -> bool:
         """A slot frees when its child exits (its last move may still be in the committer's hands); a
         result the spool could not take keeps its slot until it is written. And no job starts while
-        `workers` finished ones wait for the committer: a kill re-runs every run not yet committed, so
-        this bounds what one kill can re-run to 2 × workers - 1 (docs/design.md, C2)."""
+        COMMIT_WINDOW × workers finished ones wait for the committer: a kill re-runs every run not yet
+        committed, so this bounds what one kill can re-run (docs/design.md, C2)."""
         workers = self.config.workers
         return (now >= self.claims_held_until and len(self.children) + len(self.committer.pending) < workers
-                and self.committer.in_flight < workers)
+                and self.committer.in_flight < COMMIT_WINDOW * workers)
 
     def start_ready(self, now: float) -> None:
         aging = self.config.priority_aging_seconds
@@ -405,9 +413,10 @@ class Daemon:
         self.children[job.id] = Running(claim, child)
 
     def on_exit(self, job_id: str) -> None:
-        """Called from a waiter thread: hand the id to the loop and wake it."""
+        """From a waiter thread, or from the loop's own pump(): hand the id to the loop, waking it if need be."""
         self.exited.put(job_id)
-        self.waker.wake()
+        if threading.get_ident() != self.loop_thread:
+            self.waker.wake()
 
     def enforce_deadlines(self) -> None:
         mono = time.monotonic()

@@ -67,8 +67,10 @@ class Waker:
         with contextlib.suppress(OSError):  # BlockingIOError: already awake; OSError: closing
             self._write.send(b"\0")
 
-    def sleep(self, timeout: float) -> None:
-        select.select([self._read], [], [], max(0.0, timeout))
+    def sleep(self, timeout: float, also: int | None = None) -> None:
+        """Until woken, or `also` (an fd: the fork server's messages) is readable, or `timeout`."""
+        fds = [self._read.fileno()] if also is None else [self._read.fileno(), also]
+        select.select(fds, [], [], max(0.0, timeout))
         try:
             while self._read.recv(4096):
                 pass

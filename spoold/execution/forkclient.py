@@ -1,9 +1,11 @@
 """The daemon's side of the fork server (execution/forkserver.py): start it, ask it for children, hear back.
 
-One reader thread turns the server's messages into the same events the spawn launcher produces: a
-pid when the child runs, a return code and `on_exit(job_id)` when it has ended. If the server dies,
-its children die with it (they watch their parent) and each is reported as ended, so the daemon
-records them as Crashed and retries; the next job starts a new server.
+The server's messages become the same events the spawn launcher produces: a pid when the child runs,
+a return code and `on_exit(job_id)` when it has ended. A reader thread reads them, or, `inline`, the
+caller's own loop does: it waits on `fileno()` with its other wake-ups and calls `pump()`, which saves
+a thread hop per job (the daemon does so). If the server dies, its children die with it (they watch
+their parent) and each is reported as ended, so the daemon records them as Crashed and retries; the
+next job starts a new server.
 """
 
 from __future__ import annotations
@@ -11,9 +13,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
+import select
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -22,15 +27,18 @@ from spoold.config import Config
 from spoold.execution.groups import kill_group
 from spoold.execution.preload import NOTHING_FOUND, PreloadReport
 from spoold.execution.process import ChildProcess
-from spoold.execution.protocol import encode, kill_request, start_request
+from spoold.execution.protocol import encode, kill_request, split_lines, start_request
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30.0
 
 
 class ForkServerLauncher:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, inline: bool = False) -> None:
         self.config = config
+        self.inline = inline
+        self.buffer = b""  # inline: the start of a message not read whole yet
+        self.reading: subprocess.Popen[bytes] | None = None  # inline: the server whose messages pump() reads
         self.lock = threading.Lock()
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
@@ -41,6 +49,8 @@ class ForkServerLauncher:
     def _ensure_server(self) -> subprocess.Popen[bytes]:
         if self.proc is not None and self.proc.poll() is None:
             return self.proc
+        if self.reading is not None:  # inline: hear the dead server's last words first, its jobs' ends
+            self.pump()
         self.ready = threading.Event()
         # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
         config = self.config
@@ -51,12 +61,24 @@ class ForkServerLauncher:
                                 stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
         self.proc = proc
         assert proc.stdout is not None
-        threading.Thread(target=self._read, args=(proc, proc.stdout), name="forkserver-reader", daemon=True).start()
-        if not self.ready.wait(START_TIMEOUT_SECONDS):
+        if self.inline:
+            self.reading, self.buffer = proc, b""
+            os.set_blocking(proc.stdout.fileno(), False)
+            self._pump_until_ready(proc)
+        else:
+            threading.Thread(target=self._read, args=(proc, proc.stdout), name="forkserver-reader",
+                             daemon=True).start()
+        if not self.ready.wait(0 if self.inline else START_TIMEOUT_SECONDS):
             proc.kill()
             raise OSError("the fork server did not start")
         log.info("fork server started: pid=%d", proc.pid)
         return proc
+
+    def _pump_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_SECONDS
+        while not self.ready.is_set() and self.reading is proc and (left := deadline - time.monotonic()) > 0:
+            select.select([self.fileno() or -1], [], [], left)  # while reading `proc`, fileno() is its stdout
+            self.pump()
 
     def warm_up(self) -> PreloadReport:
         """Start the server now, so the first job does not pay for it, and return what its preload found;
@@ -99,19 +121,49 @@ class ForkServerLauncher:
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
 
+    def fileno(self) -> int | None:
+        """Inline: the fd to wait on for the server's messages (None: no server to hear from now)."""
+        proc = self.reading
+        return proc.stdout.fileno() if proc is not None and proc.stdout is not None else None
+
+    def pump(self) -> None:
+        """Inline: act on every message the server has sent so far, without blocking."""
+        proc = self.reading
+        if proc is None or proc.stdout is None:
+            return
+        fd, chunks = proc.stdout.fileno(), []
+        try:
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+            ended = True
+        except BlockingIOError:
+            ended = False
+        lines, self.buffer = split_lines(self.buffer, b"".join(chunks))
+        for line in lines:
+            self._handle(json.loads(line))
+        if ended:
+            self.reading = None
+            self._server_gone(proc)
+
     def _read(self, proc: subprocess.Popen[bytes], stream: IO[bytes]) -> None:
         for line in stream:
-            message = json.loads(line)
-            if message.get("ready"):
-                self.report = PreloadReport(bootstrap=message.get("bootstrap"), imports=message.get("imports", {}))
-                self.ready.set()
-            elif "pid" in message:
-                with self.lock:
-                    child = self.waiting.get(message["id"])
-                if child is not None:
-                    child.pid = message["pid"]
-            elif "returncode" in message:
-                self._ended(message["id"], message["returncode"], message.get("reply"), message.get("out"))
+            self._handle(json.loads(line))
+        self._server_gone(proc)
+
+    def _handle(self, message: dict[str, Any]) -> None:
+        if message.get("ready"):
+            self.report = PreloadReport(bootstrap=message.get("bootstrap"), imports=message.get("imports", {}))
+            self.ready.set()
+        elif "pid" in message:
+            with self.lock:
+                child = self.waiting.get(message["id"])
+            if child is not None:
+                child.pid = message["pid"]
+        elif "returncode" in message:
+            self._ended(message["id"], message["returncode"], message.get("reply"), message.get("out"))
+
+    def _server_gone(self, proc: subprocess.Popen[bytes]) -> None:
+        """Its stdout ended: every job it still had ended with it."""
         proc.wait()
         with self.lock:
             orphans = list(self.waiting)
@@ -144,7 +196,7 @@ class ForkServerLauncher:
 
     def close(self) -> None:
         """Closing the server's stdin ends it; it kills whatever children are left."""
-        proc, self.proc = self.proc, None
+        proc, self.proc, self.reading = self.proc, None, None
         if proc is None:
             return
         with contextlib.suppress(OSError, ValueError):

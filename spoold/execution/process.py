@@ -156,6 +156,14 @@ class Launcher(Protocol):
 
     def close(self) -> None: ...
 
+    def fileno(self) -> int | None:
+        """An fd the caller's loop may wait on, then call pump(); None when its children report otherwise."""
+        ...
+
+    def pump(self) -> None:
+        """Act on what fileno() has to say, without blocking."""
+        ...
+
 
 def start_child(job: Job, config: Config, stem: Path, on_exit: Callable[[str], None], *,
                 allowed_methods: tuple[str, ...], timeout: float, launcher: Launcher) -> ChildProcess:

@@ -70,6 +70,12 @@ class SpawnLauncher:
     def close(self) -> None:
         pass
 
+    def fileno(self) -> int | None:
+        return None  # each child has a waiter thread
+
+    def pump(self) -> None:
+        pass
+
 
 def _wait(child: ChildProcess, proc: subprocess.Popen[bytes], on_exit: Callable[[str], None]) -> None:
     """Waiter thread: on POSIX, see the exit without reaping, kill leftover grandchildren, then reap."""
