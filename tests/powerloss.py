@@ -28,6 +28,7 @@ import contextlib
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -46,6 +47,7 @@ FOLDERS = ("tmp", *READY, "scheduled", "running", "done", "failed", "rejected")
 WORKERS = 2
 JOBS = 40  # per trial
 DRAIN_TIMEOUT = 120.0
+CHILD_FILE = re.compile(r'File "([^"]+)/spoold/execution/child\.py"')
 KINDS = (("plain", 50), ("chain", 15), ("retried", 15), ("delayed", 10), ("fails", 10))  # weights
 
 SUBMITTER = r"""
@@ -81,7 +83,7 @@ class Trial:
     done_before_cut: int = 0
     cut: dict[str, Any] = field(default_factory=dict)
     drain_exit: int | None = None
-    modules: list[str] = field(default_factory=list)  # where the submitter's and a daemon's spoold came from
+    modules: list[str] = field(default_factory=list)  # where the submitter's and the job children's spoold was
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -315,6 +317,11 @@ def judge(trial: Trial, spool: Path, ids: dict[str, str], sentinel: Path) -> Non
         if key not in known and len(where) > 1:
             trial.duplicated[f"{key[0]} (submit under way at the cut)"] = len(where)
     trial.left = job_files_left(spool)
+    for _, doc in recs.values():  # a failed run's traceback names the spoold its job child ran
+        error = doc.get("error")
+        found = CHILD_FILE.search(str(error.get("traceback", ""))) if isinstance(error, dict) else None
+        if found and (module := f"job child: {found.group(1)}/spoold") not in trial.modules:
+            trial.modules.append(module)
     runs = collections.Counter(sentinel.read_text().split()) if sentinel.exists() else collections.Counter()
     trial.ran_twice = sum(n - 1 for n in runs.values() if n > 1)
 
@@ -367,7 +374,7 @@ def run_trial(fs: CrashFS, root: Path, seed: int, *, pythonpath: str | None = No
             trial.notes.append(f"the submitter failed ({submitter.returncode}): {_tail(root / 'submitter.out')}")
         ids, comments, trial.all_submitted = read_ids(ids_file)
         trial.submitted = len(ids)
-        trial.modules = [c.split(" ", 1)[1] for c in comments if c.startswith("spoold ")]
+        trial.modules = [f"submitter: {c.split(' ', 1)[1]}" for c in comments if c.startswith("spoold ")]
         trial.done_before_cut = sum(1 for n in os.listdir(spool / "done") if n.endswith(".json"))
         trial.cut = fs.cut_power()
         trial.cut.pop("killed", None)
@@ -429,7 +436,7 @@ class Summary:
         self.submitted += trial.submitted
         self.ran_twice += trial.ran_twice
         self.seconds += trial.seconds
-        self.modules = sorted(set(self.modules) | {f"submitter: {m}" for m in trial.modules})
+        self.modules = sorted(set(self.modules) | set(trial.modules))
         if not trial.ok:
             self.failures.append(f"{trial.line()}: {trial.problems()}")
 
