@@ -23,6 +23,7 @@ write_tmp, fsync_dir), in its order:
     the body
     rename(running/NODE/ID.json, running/NODE/.ID.json.moving)   the seize (Mover.seize)
     open(tmp/.RANDOM.part, O_EXCL), write, [fsync], close        the result document (write_tmp)
+    [open(running/NODE/), fsync, close]                          the claim made durable first (moves.ClaimLog)
     link(tmp/.RANDOM.part, done/ID.json)                         no-replace publish
     [open(done/), fsync, close]                                  the folder fsync, one per job here
     unlink(tmp/.RANDOM.part), unlink(running/NODE/.ID.json.moving)
@@ -131,6 +132,12 @@ def file_loop(kind: str, spool: str, names: list[str], durable: bool, node: str)
                 os.fsync(fd)
         finally:
             os.close(fd)
+        if durable:  # the claim is durable before the result is (spoold: moves.ClaimLog)
+            fd = os.open(running, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.link(staged, done + name)
         if durable:
             fd = os.open(done, os.O_RDONLY | os.O_DIRECTORY)
