@@ -33,7 +33,7 @@ from spoold.spool.intake import Claim, Deferred, Intake
 from spoold.spool.limits import Limits
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
-from spoold.spool.ready_index import ReadyIndex
+from spoold.spool.ready_index import SCAN_STEP, ReadyIndex
 from spoold.spool.retention import apply_retention
 from spoold.spool.scheduled import ScheduledIndex, due_time
 from spoold.spool.slots import Scheduler
@@ -45,6 +45,8 @@ RETENTION_INTERVAL_SECONDS = 3600.0
 # (a window of 2 per worker cost worker/fsync a third of its rate, 8 about a sixth, against none), and
 # one kill re-runs at most workers + COMMIT_WINDOW × workers - 1 jobs (docs/design.md, C2).
 COMMIT_WINDOW = 8
+SCAN_AHEAD = 8  # jobs known per worker before a scan under way slows to SCAN_TRICKLE entries per pass
+SCAN_TRICKLE = 50
 REJOIN = -1  # run() after a lost lease: not an exit code, the caller opens a new daemon
 
 
@@ -202,8 +204,8 @@ class Daemon:
             self.index.rescan(now)
         if now >= self.next_rescan:
             self.rescan(now)
-        elif self.index.scanning:
-            self.index.rescan_step()  # a large folder is read a chunk per pass, jobs starting meanwhile
+        elif self.index.scanning:  # a large folder is read a chunk per pass, jobs starting meanwhile
+            self.index.rescan_step(SCAN_STEP if self.index_short else SCAN_TRICKLE)
         for path in self.watcher.take_hints():
             self.index.hint(path)
             self.scheduled.hint(path)
@@ -450,6 +452,13 @@ class Daemon:
 
     # -- when to stop, how long to sleep -----------------------------------------------------------
 
+    @property
+    def index_short(self) -> bool:
+        """Fewer jobs known than SCAN_AHEAD per worker: a scan under way reads on at full speed. Beyond
+        that it reads SCAN_TRICKLE entries per pass, so a large backlog's scan does not take the loop's
+        time from the jobs it has already found (docs/design.md, T2)."""
+        return len(self.index) < SCAN_AHEAD * self.config.workers
+
     def is_idle(self, now: float) -> bool:
         due = self.scheduled.next_due()
         return (not self.children and not self.committer.busy and len(self.index) == 0
@@ -469,7 +478,7 @@ class Daemon:
         return False
 
     def sleep_seconds(self, now: float) -> float:
-        if self.index.scanning:
+        if self.index.scanning and self.index_short:
             return 0.0
         wake_at = [self.next_rescan, self.next_retention]
         if self.slots.due_at is not None and not self.drain:
