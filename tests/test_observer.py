@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from conftest import Project, wait_for
 
 from spoold.config import parse_config
 from spoold.daemon.mounts import Mount, choose_observer, is_network, mount_of, parse_mountinfo, unescape
-from spoold.daemon.watcher import Poller, Waker, _Hints
+from spoold.daemon.watcher import Poller, Waker, Watcher, _Hints
 from spoold.errors import ConfigError
 
 # Lines as /proc/self/mountinfo has them (this machine, a GlusterFS rig, an NFS client, a desktop).
@@ -169,3 +170,51 @@ def _local_fstype(path: Path) -> str:
     mount = mount_of(os.path.realpath(path), parse_mountinfo(Path("/proc/self/mountinfo").read_text()))
     assert mount is not None
     return mount.fstype
+
+
+@pytest.mark.parametrize("inline", [True, False], ids=["read-by-the-loop", "observer-threads"])
+def test_both_ways_of_reading_file_events_give_the_same_hints(tmp_path: Path, inline: bool) -> None:
+    """The loop's own inotify reading (Linux) and watchdog's observer (the other platforms) say the same:
+    a job linked or moved into a ready folder, a cancel marker written, a ready folder replaced."""
+    root = tmp_path / "spool"
+    folders = [root / name for name in ("high", "medium", "low", "scheduled")]
+    markers = root / "running" / "node-1"
+    for folder in [*folders, markers, root / "tmp"]:
+        folder.mkdir(parents=True)
+    waker = Waker()
+    watcher = Watcher(folders, waker, root=root, markers=markers)
+    watcher.start(inline=inline)
+    try:
+        assert (watcher.fileno() is not None) == (inline and sys.platform.startswith("linux"))
+
+        def hints() -> set[str]:
+            watcher.pump()
+            return {str(path) for path in watcher.take_hints()}
+
+        staged = root / "tmp" / ".a.part"
+        staged.write_text("{}")
+        os.link(staged, root / "high" / "a.json")  # a publish
+        os.rename(staged, root / "low" / "b.json")  # a drop
+        (markers / ".x.cancel").write_text("")
+        seen: set[str] = set()
+        wanted = {str(root / "high" / "a.json"), str(root / "low" / "b.json"), str(markers / ".x.cancel")}
+
+        def all_seen() -> bool:
+            seen.update(hints())
+            return wanted <= seen
+
+        wait_for(all_seen, 5, "the three hints")
+        (root / "medium").rmdir()
+
+        def noticed() -> bool:
+            watcher.pump()
+            return watcher.rearm_needed
+
+        wait_for(noticed, 5, "the removed folder noticed")
+        (root / "medium").mkdir()
+        watcher.rearm()
+        (root / "medium" / "c.json").write_text("{}")
+        wait_for(lambda: str(root / "medium" / "c.json") in hints(), 5, "a job in the folder made again")
+    finally:
+        watcher.stop()
+        waker.close()

@@ -142,7 +142,7 @@ class Daemon:
     def start_threads(self) -> None:
         self.committer.start()
         if self.config.file_events:
-            self.watcher.start()
+            self.watcher.start(inline=True)
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
 
     def close(self) -> None:
@@ -170,11 +170,11 @@ class Daemon:
                 except OSError as e:  # the spool's filesystem failed under us (a cut-off mount): the next pass retries
                     log.error("a pass of the loop failed, trying again: %s", e)
                     if not self.node.heartbeat.fenced:
-                        self.waker.sleep(min(1.0, self.config.rescan_seconds), self.launcher.fileno())
+                        self.waker.sleep(min(1.0, self.config.rescan_seconds), self.wake_fds())
                         continue
                 if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
-                self.waker.sleep(self.sleep_seconds(time.time()), self.launcher.fileno())
+                self.waker.sleep(self.sleep_seconds(time.time()), self.wake_fds())
         finally:
             self.close()
         if self.node.heartbeat.fenced:
@@ -182,6 +182,10 @@ class Daemon:
             return REJOIN
         log.info("spoold stopped")
         return 0
+
+    def wake_fds(self) -> tuple[int | None, int | None]:
+        """What the loop sleeps on besides its waker: the fork server's messages, the kernel's file events."""
+        return self.launcher.fileno(), self.watcher.fileno()
 
     def on_fenced(self) -> None:
         """From the lease's thread, even while the loop is stuck on a hung mount: stop every job now. Their
@@ -195,6 +199,7 @@ class Daemon:
     def loop_once(self, now: float) -> None:
         self.act_on_signals(now)
         self.launcher.pump()  # the fork server's news: children started and ended
+        self.watcher.pump()  # the kernel's file events, when the loop reads them itself
         self.collect_finished(now)
         self.committer.collect(now)
         self.committer.retry_due(now, self.config)
@@ -472,6 +477,7 @@ class Daemon:
             return not self.children and not self.committer.in_flight and (not self.committer.pending or gave_up)
         if self.drain and self.is_idle(now):
             self.rescan(now)  # events are hints: look once more before leaving
+            self.watcher.pump()
             for path in self.watcher.take_hints():
                 self.index.hint(path)
             return self.is_idle(now)

@@ -14,6 +14,7 @@ import logging
 import os
 import select
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -32,6 +33,7 @@ from watchdog.events import (
 from watchdog.observers import Observer
 from watchdog.observers.api import BaseObserver, ObservedWatch
 
+from spoold.daemon import loopwatch
 from spoold.daemon.mounts import choose_observer
 
 log = logging.getLogger(__name__)
@@ -67,9 +69,10 @@ class Waker:
         with contextlib.suppress(OSError):  # BlockingIOError: already awake; OSError: closing
             self._write.send(b"\0")
 
-    def sleep(self, timeout: float, also: int | None = None) -> None:
-        """Until woken, or `also` (an fd: the fork server's messages) is readable, or `timeout`."""
-        fds = [self._read.fileno()] if also is None else [self._read.fileno(), also]
+    def sleep(self, timeout: float, also: Iterable[int | None] = ()) -> None:
+        """Until woken, or one of `also` (fds: the fork server's messages, the kernel's file events) is
+        readable, or `timeout`."""
+        fds = [self._read.fileno(), *(fd for fd in also if fd is not None)]
         select.select(fds, [], [], max(0.0, timeout))
         try:
             while self._read.recv(4096):
@@ -197,14 +200,18 @@ class Watcher:
         self.hints = _Hints(waker, self.watched())
         self.observer: BaseObserver | None = None
         self.poller: Poller | None = None
+        self.inline: loopwatch.LoopInotify | None = None
         self.watches: dict[Path, ObservedWatch] = {}
 
-    def start(self) -> None:
+    def start(self, *, inline: bool = False) -> None:
+        """`inline`: on Linux, the caller's loop reads the kernel's events itself (fileno, pump)."""
         kind, why = choose_observer(self.observer_setting, self.folders)
         log.info("observer: %s (%s)", kind, why)
         if kind == "polling":
             self.poller = Poller(self.watched(), self.hints)
             self.poller.start()
+            return
+        if inline and sys.platform.startswith("linux") and loopwatch.available() and self._start_inline():
             return
         no_move_pairing_delay()
         try:
@@ -219,6 +226,38 @@ class Watcher:
         for folder in self.watched():
             self._watch(folder)
 
+    def _start_inline(self) -> bool:
+        try:
+            self.inline = loopwatch.LoopInotify(self._hint, self._replaced)
+        except OSError as e:
+            log.warning("file notifications unavailable (%s); relying on rescans", e)
+            return True
+        log.info("file events: read by the loop (watchdog's inotify layer, no observer threads)")
+        if self.root is not None:
+            self._watch(self.root)
+        for folder in self.watched():
+            self._watch(folder)
+        return True
+
+    def _hint(self, path: str) -> None:
+        self.hints.paths.add(path)  # in the loop's own thread: nothing to wake
+
+    def _replaced(self, path: str) -> None:
+        self.hints.replaced.add(path)
+
+    def fileno(self) -> int | None:
+        """The fd the loop waits on for file events when it reads them itself, else None."""
+        return self.inline.fileno() if self.inline is not None else None
+
+    def pump(self) -> None:
+        """Take the kernel's events into the hints, without blocking (inline only)."""
+        if self.inline is not None:
+            try:
+                self.inline.pump()
+            except OSError as e:  # an inotify read error: events are hints, the rescan is the truth
+                log.warning("cannot read file events (%s); renewing the watches", e)
+                self.hints.replaced.update(str(folder) for folder in self.watched())
+
     def watched(self) -> list[Path]:
         return [*self.folders, *([self.markers] if self.markers is not None else [])]
 
@@ -228,6 +267,14 @@ class Watcher:
         return MARKER_EVENTS if folder == self.markers else JOB_EVENTS
 
     def _watch(self, folder: Path) -> None:
+        if self.inline is not None:
+            kind = loopwatch.ROOT if folder == self.root else (
+                loopwatch.MARKERS if folder == self.markers else loopwatch.JOBS)
+            try:
+                self.inline.watch(folder, kind, {f.name for f in self.watched() if f.parent == self.root})
+            except OSError as e:
+                log.warning("cannot watch %s (%s); rescans will find its jobs", folder, e)
+            return
         assert self.observer is not None
         try:
             self.watches[folder] = self.observer.schedule(self.hints, str(folder), recursive=False,
@@ -242,7 +289,7 @@ class Watcher:
         """
         with self.hints.lock:
             replaced, self.hints.replaced = self.hints.replaced, set()
-        if self.observer is None:
+        if self.observer is None and self.inline is None:
             return
         for folder in self.watched():
             if str(folder) not in replaced:
@@ -252,7 +299,10 @@ class Watcher:
                     self.hints.replaced.add(str(folder))  # gone for now: renew once it is back
                 continue
             old = self.watches.pop(folder, None)
-            if old is not None:
+            if self.inline is not None:
+                with contextlib.suppress(KeyError, OSError):
+                    self.inline.unwatch(folder)
+            elif old is not None and self.observer is not None:
                 with contextlib.suppress(KeyError, OSError):
                     self.observer.unschedule(old)
             log.info("watching %s again (it was replaced)", folder)
@@ -268,6 +318,10 @@ class Watcher:
         return [Path(p) for p in paths]
 
     def stop(self) -> None:
+        if self.inline is not None:
+            with contextlib.suppress(OSError):
+                self.inline.close()
+            self.inline = None
         if self.poller is not None:
             self.poller.stop()
             self.poller = None
