@@ -24,6 +24,18 @@ JOB_SUFFIX = ".json"
 REASON_SUFFIX = ".reason"
 
 
+def fsync_dir(folder: Path) -> None:
+    """Make a name made or renamed in `folder` survive a power loss; Windows cannot open folders, so it
+    skips. Here, below every module that moves files, because making the spool's folders needs it too."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def new_job_id(now: datetime | None = None) -> str:
     """Sortable by submission time, unique by a random tail: 20261128-192615-123456-3f9a1c2b."""
     moment = (now or datetime.now(UTC)).astimezone(UTC)
@@ -125,16 +137,25 @@ class SpoolPaths:
         Daemons of several hosts may make the same folder at once: over a network filesystem the loser's
         mkdir says EEXIST while its own lookup of the name may not see the folder yet (GlusterFS), so an
         EEXIST is looked at again for a moment before it counts as "a file is in the way"."""
+        made_root = not self.root.is_dir()
+        made = False
         for name in STATE_FOLDERS:
             folder = self.root / name
             for attempt in range(20):
+                if folder.is_dir():
+                    break
                 try:
-                    folder.mkdir(parents=True, exist_ok=True)
+                    folder.mkdir(parents=True)
+                    made = True
                     break
                 except FileExistsError:
-                    if attempt == 19:
+                    if attempt == 19 and not folder.is_dir():
                         raise
                     time.sleep(0.05)
+        if made:  # a folder made is a name in its parent: durable only once the parent is fsynced
+            fsync_dir(self.root)
+            if made_root:
+                fsync_dir(self.root.parent)
 
     def find_job(self, job_id: str, *, skip_node: Path | None = None,
                  exists: Callable[[Path], bool] = os.path.lexists) -> Path | None:

@@ -12,22 +12,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from spoold.errors import NameTaken
+from spoold.paths import fsync_dir as fsync_dir  # defined in paths, which makes the folders; used here by every move
 
 log = logging.getLogger(__name__)
 
 # link() is how POSIX gives a rename that never replaces; some filesystems (FAT, some FUSE) lack it.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename into `folder` survive a power loss; Windows cannot open folders, so it skips."""
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str = "") -> Path:

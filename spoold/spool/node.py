@@ -21,6 +21,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from spoold.paths import SpoolPaths, is_job_name, unseized_name
+from spoold.spool.fsio import fsync_dir
 from spoold.spool.lease import Heartbeat, write_heartbeat
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,7 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seco
     write_heartbeat(staging, 0)
     folder = paths.running_of(node_id)
     os.rename(staging, folder)
+    fsync_dir(paths.running)  # our claims live in it: a power cut must not take the folder away (F2)
     heartbeat = Heartbeat(folder, heartbeat_seconds=heartbeat_seconds, lease_seconds=lease_seconds)
     heartbeat.start()
     return Node(node_id, folder, lock, heartbeat)
