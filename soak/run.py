@@ -13,6 +13,8 @@ Scenarios (each bounded in time; every process it starts is reaped, also on fail
                  a daemon SIGKILLed, one SIGSTOPped past its lease, one host cut off (tests/multihost.py)
   schedule       4 daemons, a [schedule] entry every second for 3 minutes, a daemon SIGKILLed every 2-4 s:
                  every slot submitted and run once (tests/test_schedule.py's checks)
+  power-loss     120 power cuts (tests/powerloss.py on tests/crashfs.py): 1-2 daemons and a submitter killed
+                 at a random moment, what was not fsynced dropped, a drain: no job lost, none recorded twice
 
 Jobs append their own token to a sentinel file (tests/jobs WriteSentinel), so runs are counted per job.
 Prints the table and writes it as JSON to soak/results/latest.json; exits 1 if any scenario failed
