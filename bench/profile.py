@@ -70,7 +70,8 @@ def accounting_run(root: Path, config: Path, jobs: int) -> dict[str, float]:
         time.sleep(0.02)
     result: dict[str, float] = {}
     for task, ticks in threads.items():
-        name = "daemon: main thread" if task == str(proc.pid) else "daemon: committer, watchdog, reader threads"
+        name = ("daemon: main thread" if task == str(proc.pid)
+                else "daemon: its other threads (lease heartbeat; in fsync mode the committer)")
         result[name] = result.get(name, 0.0) + ticks * TICK_MS / jobs
     own = sum(own for own, _ in server.values())
     children = sum(kids for _, kids in server.values()) + sum(live.values())  # reaped ones, then the rest
