@@ -142,7 +142,7 @@ def test_a_frozen_daemon_loses_its_jobs_after_its_lease_and_writes_nothing_for_t
     history = project.doc("done", job_id)["history"]
     assert history[-1]["node"] != old.name and history[0]["error_type"] == "Orphaned"
     # It fenced itself and joined again as a new daemon, which runs jobs.
-    assert len(project.daemon_folders()) == 2
+    wait_for(lambda: len(project.daemon_folders()) == 2, 10, "the woken daemon joined again")
     later = project.submit("Echo", "handle", ["after"])
     wait_for(lambda: project.has("done", later), 10, "a job after the wake-up")
     assert project.stop(other)[0] == 0

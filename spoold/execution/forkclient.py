@@ -140,7 +140,12 @@ class ForkServerLauncher:
             ended = False
         lines, self.buffer = split_lines(self.buffer, b"".join(chunks))
         for line in lines:
-            self._handle(json.loads(line))
+            try:
+                message = json.loads(line)
+            except ValueError:  # never the loop's end: the server is ours, but a stray print reaches here too
+                log.error("the fork server said something that is not a message: %r", line[:200])
+                continue
+            self._handle(message)
         if ended:
             self.reading = None
             self._server_gone(proc)

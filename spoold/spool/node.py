@@ -156,10 +156,15 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seco
     write_heartbeat(staging, 0)
     folder = paths.running_of(node_id)
     os.rename(staging, folder)
-    fsync_dir(paths.running)  # our claims live in it: a power cut must not take the folder away (F2)
     heartbeat = Heartbeat(folder, heartbeat_seconds=heartbeat_seconds, lease_seconds=lease_seconds)
+    node = Node(node_id, folder, lock, heartbeat)
+    try:
+        fsync_dir(paths.running)  # our claims live in it: a power cut must not take the folder away (F2)
+    except OSError:
+        node.close()  # left behind, it would look like a dead daemon's folder
+        raise
     heartbeat.start()
-    return Node(node_id, folder, lock, heartbeat)
+    return node
 
 
 def read_info(folder: Path) -> dict[str, object]:
