@@ -23,7 +23,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from conftest import BASE_CONFIG, DEFAULTS, HERE, Project  # noqa: E402
+from conftest import BASE_CONFIG, DEFAULTS, HERE, Project, child_pids  # noqa: E402
 
 JOB_FOLDERS = ("high", "medium", "low", "scheduled", "running", "done", "failed", "rejected")
 NESTED = ("running", "done", "failed")  # a folder per daemon; day shards of done/ and failed/
@@ -82,15 +82,6 @@ def fork_server_of(pid: int) -> int | None:
             if b"spoold.execution.forkserver" in Path(f"/proc/{child}/cmdline").read_bytes():
                 return child
     return None
-
-
-def child_pids(pid: int) -> set[int]:
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found |= {int(p) for p in (task / "children").read_text().split()}
-    return found
 
 
 def processes_under(root: Path) -> list[int]:

@@ -77,6 +77,16 @@ def wait_for(predicate: Condition, timeout: float = 10.0, what: str = "") -> Any
     return value
 
 
+def child_pids(pid: int) -> set[int]:
+    """The live children of `pid`, from /proc (Linux): what to kill with a process that did not reap them."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            with contextlib.suppress(OSError):
+                found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
 def process_gone(pid: int) -> bool:
     """True once `pid` has exited; a zombie left to a reaper that is not the daemon (pid 1) counts as gone."""
     try:

@@ -39,8 +39,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from conftest import BASE_CONFIG, DEFAULTS, HERE
+from conftest import BASE_CONFIG, DEFAULTS, HERE, child_pids
 from crashfs import CrashFS, kill_and_wait
+
+from spoold.paths import fsync_dir
 
 READY = ("high", "medium", "low")
 FOLDERS = ("tmp", *READY, "scheduled", "running", "done", "failed", "rejected")
@@ -145,16 +147,8 @@ def make_spool(spool: Path) -> None:
     """The spool's folders, made durable: a spool set up long before the cut (spoold never fsyncs them)."""
     for path in (spool, *(spool / name for name in FOLDERS)):
         path.mkdir()
-        _fsync_dir(path.parent)
-        _fsync_dir(path)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fsync_dir(path.parent)
+        fsync_dir(path)
 
 
 def plan_jobs(rng: random.Random, root: Path, count: int) -> list[dict[str, Any]]:
@@ -225,15 +219,6 @@ def wait_started(daemons: list[subprocess.Popen[bytes]], spool: Path, timeout: f
         time.sleep(0.02)
 
 
-def children(pid: int) -> set[int]:
-    found: set[int] = set()
-    with contextlib.suppress(OSError):
-        for task in Path(f"/proc/{pid}/task").iterdir():
-            with contextlib.suppress(OSError):
-                found |= {int(p) for p in (task / "children").read_text().split()}
-    return found
-
-
 def kill_trees(roots: list[int]) -> list[int]:
     """SIGSTOP the roots and all they spawned (until no new process appears), then SIGKILL them all and
     wait until they are gone: the moment of the power cut for every one of them."""
@@ -244,7 +229,7 @@ def kill_trees(roots: list[int]) -> list[int]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGSTOP)
         stopped |= frontier
-        frontier = set().union(*(children(pid) for pid in stopped)) - stopped
+        frontier = set().union(*(child_pids(pid) for pid in stopped)) - stopped
     pids = sorted(stopped)
     kill_and_wait(pids)
     return pids

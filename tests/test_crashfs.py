@@ -21,6 +21,8 @@ import pytest
 from crashfs import RENAME_EXCHANGE, RENAME_NOREPLACE, CrashFS, CrashFSError, mounts
 from filelock import FileLock, Timeout
 
+from spoold.paths import fsync_dir
+
 
 @pytest.fixture
 def fs() -> Iterator[CrashFS]:
@@ -50,14 +52,6 @@ def write(path: Path, data: bytes, *, fsync: bool) -> None:
         os.write(fd, data)
         if fsync:
             os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
     finally:
         os.close(fd)
 
