@@ -337,7 +337,8 @@ def legend(report: dict[str, Any]) -> str:
             " protocol and nothing else, the body run in-process (no child, no pipe, no log): per job the claim "
             "rename into running/NODE/, a read of the claimed file, the body, the seize rename to "
             ".ID.json.moving, the result document (about 670 bytes) written to a fresh tmp/ file (O_EXCL), "
-            "fsynced (fsync only), linked into done/, done/ fsynced (fsync only), then both copies unlinked; "
+            "fsynced (fsync only), running/NODE/ fsynced (fsync only: the claim made durable first), linked into "
+            "done/, done/ fsynced (fsync only), then both copies unlinked; "
             f"{FILE_FLOOR_LOOPS} such loops in parallel (as many as spoold's workers), each one job at a time (no "
-            "group commit: every job pays its own two fsyncs); ÷ file floor = worker/fsync ÷ file floor fsync, "
+            "group commit: every job pays its own fsyncs); ÷ file floor = worker/fsync ÷ file floor fsync, "
             "worker/fast ÷ file floor fast. Below 1: what spoold adds to what the spool itself costs.")
