@@ -156,15 +156,14 @@ def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seco
     write_heartbeat(staging, 0)
     folder = paths.running_of(node_id)
     os.rename(staging, folder)
-    heartbeat = Heartbeat(folder, heartbeat_seconds=heartbeat_seconds, lease_seconds=lease_seconds)
-    node = Node(node_id, folder, lock, heartbeat)
     try:
         fsync_dir(paths.running)  # our claims live in it: a power cut must not take the folder away (F2)
-    except OSError:
-        node.close()  # left behind, it would look like a dead daemon's folder
-        raise
+    except OSError as e:  # a mount cut off just now: the folder is ours all the same, as before the fsync
+        log.warning("node=%s: cannot fsync %s (%s); a power cut now could take this folder", node_id,
+                    paths.running, e)
+    heartbeat = Heartbeat(folder, heartbeat_seconds=heartbeat_seconds, lease_seconds=lease_seconds)
     heartbeat.start()
-    return node
+    return Node(node_id, folder, lock, heartbeat)
 
 
 def read_info(folder: Path) -> dict[str, object]:
