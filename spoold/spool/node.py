@@ -14,6 +14,7 @@ import secrets
 import shutil
 import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -118,9 +119,13 @@ class Node:
         """Leave the spool: remove the folder if no job is left in it, then release the lock.
 
         A probe of our lock (`spoold status`, another daemon's recovery) may create the lock file again
-        between our unlink and our rmdir, so what is left that is not a job is removed a few times over.
+        between our unlink and our rmdir, and a network filesystem may list a name removed a moment ago,
+        so what is left that is not a job is removed a few times over, with a short wait in between
+        (about a second in all) that lets a prober let go.
         """
-        for _ in range(5):
+        for attempt in range(CLOSE_ATTEMPTS):
+            if attempt:
+                time.sleep(0.05)
             try:
                 if self.job_files():
                     break
@@ -138,6 +143,9 @@ class Node:
             self.lock.release(force=True)
         except OSError as e:  # EBADFD: a lock the file server dropped while we were cut off (strict-locks)
             log.warning("node=%s: its lock was lost already (%s)", self.id, e)
+
+
+CLOSE_ATTEMPTS = 20
 
 
 def open_node(paths: SpoolPaths, *, workers: int, kind: str = "", heartbeat_seconds: float = 5.0,
