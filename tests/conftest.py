@@ -289,3 +289,21 @@ def fill_for_dashboard(project: Project) -> tuple[list[str], list[str], str]:
     result = project.drain()
     assert result.returncode == 0, result.stdout + result.stderr
     return done, failed, project.submit("Echo", "handle", HOSTILE, priority="low")
+
+
+@pytest.fixture
+def crash() -> Iterator[Any]:
+    """A crashfs (tests/crashfs.py), not mounted yet; a machine without FUSE fails the test with the reason."""
+    from crashfs import CrashFS, CrashFSError  # only the tests that use it load it
+
+    problem = None
+    try:
+        fs = CrashFS()
+    except CrashFSError as e:
+        problem = e
+    if problem is not None:
+        pytest.fail(str(problem), pytrace=False)
+    try:
+        yield fs
+    finally:
+        fs.close()

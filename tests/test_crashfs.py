@@ -14,7 +14,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,20 +24,13 @@ from spoold.paths import fsync_dir
 
 
 @pytest.fixture
-def fs() -> Iterator[CrashFS]:
-    """A fresh crashfs mount; a machine that cannot mount one fails the test with the reason."""
-    problem = None
+def fs(crash: CrashFS) -> CrashFS:
+    """A fresh crashfs mount (conftest's `crash`, mounted); a machine that cannot mount one fails the test."""
     try:
-        crash = CrashFS()
         crash.mount()
     except CrashFSError as e:
-        problem = e
-    if problem is not None:
-        pytest.fail(str(problem), pytrace=False)
-    try:
-        yield crash
-    finally:
-        crash.close()
+        pytest.fail(str(e), pytrace=False)
+    return crash
 
 
 def root(fs: CrashFS) -> Path:

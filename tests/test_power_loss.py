@@ -11,31 +11,14 @@ from __future__ import annotations
 
 import os
 import random
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from crashfs import CrashFS, CrashFSError
+from crashfs import CrashFS
 from powerloss import run_trial
 
 TRIALS = 8
 SEED = int(os.environ.get("SPOOLD_POWERLOSS_SEED") or random.randrange(1 << 30))
-
-
-@pytest.fixture
-def crash() -> Iterator[CrashFS]:
-    """A crashfs, not mounted yet (each trial mounts it afresh); a machine without FUSE fails the test."""
-    problem = None
-    try:
-        fs = CrashFS()
-    except CrashFSError as e:
-        problem = e
-    if problem is not None:
-        pytest.fail(str(problem), pytrace=False)
-    try:
-        yield fs
-    finally:
-        fs.close()
 
 
 @pytest.mark.parametrize("n", range(TRIALS))

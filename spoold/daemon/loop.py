@@ -135,7 +135,7 @@ class Daemon:
         self.next_rescan = 0.0
         self.next_retention = 0.0
         self.hold_claims_until = 0.0  # a claim or a child start failed: claim nothing before then
-        self.loop_thread = threading.get_ident()
+        self.loop_thread = threading.get_ident()  # the daemon is built in the thread that runs it
 
     # -- life cycle --------------------------------------------------------------------------------
 
@@ -160,7 +160,6 @@ class Daemon:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (or, with --drain, until nothing is ready or running). REJOIN if our
         lease was lost: the caller joins the spool again as a new daemon."""
-        self.loop_thread = threading.get_ident()
         try:
             self.start_threads()
             while True:

@@ -211,7 +211,8 @@ class Watcher:
             self.poller = Poller(self.watched(), self.hints)
             self.poller.start()
             return
-        if inline and sys.platform.startswith("linux") and loopwatch.available() and self._start_inline():
+        if inline and sys.platform.startswith("linux") and loopwatch.available():
+            self._start_inline()
             return
         no_move_pairing_delay()
         try:
@@ -226,18 +227,17 @@ class Watcher:
         for folder in self.watched():
             self._watch(folder)
 
-    def _start_inline(self) -> bool:
+    def _start_inline(self) -> None:
         try:
             self.inline = loopwatch.LoopInotify(self._hint, self._replaced)
         except OSError as e:
             log.warning("file notifications unavailable (%s); relying on rescans", e)
-            return True
+            return
         log.info("file events: read by the loop (watchdog's inotify layer, no observer threads)")
         if self.root is not None:
             self._watch(self.root)
         for folder in self.watched():
             self._watch(folder)
-        return True
 
     def _hint(self, path: str) -> None:
         self.hints.paths.add(path)  # in the loop's own thread: nothing to wake
