@@ -151,10 +151,13 @@ def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable:
     if before_link is not None and staged:
         try:
             before_link()
-        except OSError as e:
+        except BaseException as e:  # nothing is linked: the staged copies go, the error is each file's
             for index, path, _ in staged:
                 path.unlink(missing_ok=True)
-                results[index] = e
+                if isinstance(e, OSError):
+                    results[index] = e
+            if not isinstance(e, OSError):
+                raise
             return results
     linked = _link_all(staged, results, durable=durable)
     if durable:

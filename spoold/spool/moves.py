@@ -119,10 +119,18 @@ class Mover:
         return target
 
     def _claims_synced(self, node_folder: Path | None) -> Callable[[], None] | None:
-        """What makes our claims durable before a commit's link (ClaimLog); None when nothing is fsynced."""
-        if node_folder is None or not self.durable:
+        """What must hold just before a commit's link: our claims durable (ClaimLog), and our lease still
+        ours, since staging and fsyncs can hang on a cut-off mount past it (docs/design.md, H4)."""
+        if node_folder is None:
             return None
-        return lambda: self.claims.sync(node_folder)
+
+        def before_link() -> None:
+            if self.durable:
+                self.claims.sync(node_folder)
+            if not self.may_act():
+                raise Fenced(f"{node_folder.name}: our lease ended while we wrote a commit; not linking it")
+
+        return before_link
 
     def rewrite_claim(self, job: Job, claimed: Path) -> None:
         """A new version of our own claimed copy, in place (a `--now` run between two attempts): the claim
@@ -142,6 +150,8 @@ class Mover:
         seized = self.seize(claimed)
         try:
             target = self.write(job, folder, claimed_in=seized.parent)
+        except Fenced:
+            raise  # the copy is the others' now: not even its name is given back
         except BaseException:
             self._unseize(seized, claimed)
             raise
