@@ -466,10 +466,13 @@ def check_spool(cluster: Cluster, tokens: dict[str, str], through: Host, victim_
     outcome.details["recovered"] = len(recovered)
     if set(recovered) != {j for j, _ in orphaned}:
         problems.append(f"recovered lines {sorted(recovered)[:5]} do not match the Orphaned runs in done/")
-    # Nothing the faulted daemon lost is written by it: the last run of each of its held jobs is another node's.
+    # Nothing the faulted daemon lost is written by it: the last run of each held job another node took over
+    # is that node's. A held job nobody took over is the faulted daemon's to write: one it had seized before it
+    # froze stays with it (design H3), and one it committed just before the fault may still be listed for a moment.
     by_id = {v: k for k, v in tokens.items()}
+    taken_over = set(recovered) | {j for j, _ in orphaned}
     written_by_victim = []
-    for job_id in held & ids:
+    for job_id in held & ids & taken_over:
         with contextlib.suppress(OSError, ValueError, KeyError, IndexError):
             doc = json.loads((cluster.spool(through) / "done" / f"{job_id}.json").read_text(encoding="utf-8"))
             if doc["history"][-1]["node"] in victim_nodes:
