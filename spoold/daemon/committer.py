@@ -59,7 +59,8 @@ class Committed:
 class Committer:
     def __init__(self, mover: Mover, on_written: Callable[[Finished, Path], None], wake: Callable[[], None]) -> None:
         self.mover = mover  # the loop's Mover; the thread has its own (its stale list is its own)
-        self.thread_mover = Mover(mover.paths, durable=mover.durable, may_act=mover.may_act, claims=mover.claims)
+        self.thread_mover = Mover(mover.paths, durable=mover.durable, may_act=mover.may_act, claims=mover.claims,
+                                  reaper=mover.reaper)
         self.on_written = on_written
         self.wake = wake
         self.inbox: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()
@@ -122,7 +123,7 @@ class Committer:
                 self.on_written(done.finished, done.target)
 
     def retry_due(self, now: float, config: Config) -> None:
-        if self.mover.stale:
+        if self.mover.has_stale:
             self.mover.remove_stale()
         due = [item for item in self.pending if item.retry_at <= now]
         self.pending = [item for item in self.pending if item.retry_at > now]
@@ -177,7 +178,7 @@ class Committer:
                 return
 
     def _commit(self, batch: list[Finished]) -> list[Committed]:
-        if self.thread_mover.stale:
+        if self.thread_mover.has_stale:
             self.thread_mover.remove_stale()
         results = self.thread_mover.commit_many([(item.job, item.claimed, item.settled.folder) for item in batch])
         return [Committed(item, None, result) if isinstance(result, Exception) else Committed(item, result)

@@ -34,6 +34,7 @@ from spoold.spool.limits import Limits
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node, cancel_marker, cancel_requests, is_cancel_marker, open_node, scratch_folder
 from spoold.spool.ready_index import SCAN_STEP, ReadyIndex
+from spoold.spool.reaper import Reaper
 from spoold.spool.retention import apply_retention
 from spoold.spool.scheduled import ScheduledIndex, due_time
 from spoold.spool.slots import Scheduler
@@ -113,7 +114,9 @@ class Daemon:
         self.paths = SpoolPaths(config.spool_dir)
         self.scratch = scratch_folder(node.id)
         self.events = EventLog(config.log_dir, log_format=config.log_format)
-        self.mover = Mover(self.paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok)
+        self.reaper = Reaper()
+        self.mover = Mover(self.paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok,
+                           reaper=self.reaper)
         self.waker = Waker()
         self.committer = Committer(self.mover, self.written, self.waker.wake)
         self.runs = Runs(node.id, self.scratch, launcher, self.events)
@@ -151,6 +154,7 @@ class Daemon:
             running.child.kill("Interrupted")
         self.limits.release_all()
         self.committer.stop()  # what it holds is written (or left claimed, for recovery) before we go
+        self.reaper.close()  # committed claims' copies gone, so the node's folder can go
         self.launcher.close()
         self.waker.close()
         self.events.close()

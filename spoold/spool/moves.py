@@ -17,6 +17,7 @@ from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
 from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, renamed_from, write_tmp
+from spoold.spool.reaper import Reaper
 
 log = logging.getLogger(__name__)
 TAKEN_CHECK = (*READY, Folder.SCHEDULED, Folder.DONE, Folder.FAILED, Folder.REJECTED)
@@ -52,7 +53,7 @@ class Mover:
     `stale` holds claimed copies whose job was committed elsewhere but that could not be removed:
     they are removed later, never committed again. `may_act` is the node's lease (lease.Heartbeat.ok):
     once it says no, no claim is moved any more. `claims`: this node's claims not yet fsynced, made
-    durable before any commit (ClaimLog).
+    durable before any commit (ClaimLog). `reaper`: if set, a commit's last unlink is left to its thread.
     """
 
     paths: SpoolPaths
@@ -60,6 +61,7 @@ class Mover:
     stale: list[Path] = field(default_factory=list)
     may_act: Callable[[], bool] = field(default=lambda: True)
     claims: ClaimLog = field(default_factory=ClaimLog)
+    reaper: Reaper | None = None
 
     def seize(self, claimed: Path) -> Path:
         """The decisive step of every move out of our claim: one rename to a hidden name in our folder.
@@ -71,6 +73,8 @@ class Mover:
         if not self.may_act():
             raise Fenced(f"{claimed.name}: our lease may have ended; not writing it back")
         seized = claimed.with_name(seized_name(claimed.name))
+        if self.reaper is not None:
+            self.reaper.wait_for(seized)  # an earlier copy of this id, committed, not unlinked yet
         try:
             os.rename(claimed, seized)
         except OSError as e:
@@ -83,7 +87,13 @@ class Mover:
             raise Fenced(f"{claimed.name}: our lease ended while we seized it; not writing it back")
         return seized
 
+    @property
+    def has_stale(self) -> bool:
+        return bool(self.stale or (self.reaper is not None and self.reaper.failed))
+
     def remove_stale(self) -> None:
+        if self.reaper is not None:
+            self.stale += self.reaper.take_failed()
         for path in list(self.stale):
             try:
                 os.unlink(path)
@@ -166,6 +176,9 @@ class Mover:
             log.error("cannot give %s its name back (%s); it is recovered as an orphan", seized, e)
 
     def _drop_claim(self, job: Job, claimed: Path, folder: str) -> None:
+        if self.reaper is not None:
+            self.reaper.drop(claimed, job.id, folder)
+            return
         try:
             os.unlink(claimed)
         except OSError as e:  # committed all the same: a copy left behind is removed later, never redone

@@ -1,0 +1,100 @@
+"""The reaper (spool/reaper.py): a commit's last unlink in a thread of its own. Real files in a real spool.
+
+What it must never do: unlink a newer copy that took the name it was asked to remove (a retried job
+claimed and seized again at once), keep a stopping daemon's folder from going, or lose track of a copy
+it could not remove."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+from spoold.job import Job
+from spoold.paths import SpoolPaths
+from spoold.spool.moves import Mover
+from spoold.spool.reaper import Reaper
+
+
+def claim(node: Path, job_id: str, attempt: int) -> tuple[Job, Path]:
+    claimed = node / f"{job_id}.json"
+    doc = {"id": job_id, "class": "Echo", "method": "handle", "params": [], "attempts": attempt}
+    claimed.write_text(json.dumps(doc))
+    return Job(job_id, doc), claimed
+
+
+def synced_files(folder: Path, count: int) -> list[Path]:
+    """Files whose blocks are on disk: the kind whose unlink waits on the filesystem (ext4)."""
+    folder.mkdir(parents=True)
+    files = [folder / f".old-{n}.json.moving" for n in range(count)]
+    for path in files:
+        path.write_bytes(b"x" * 400)
+    os.sync()
+    return files
+
+
+def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths) -> None:
+    """A job committed back to its ready folder and claimed again at once: its next seize renames onto the
+    name the reaper still holds for the copy before. The reaper must remove the old copy, not the new one."""
+    node = paths.running_of("node-1")
+    for trial in range(3):
+        reaper = Reaper()
+        mover = Mover(paths, durable=False, reaper=reaper)
+        for path in synced_files(node / f"backlog-{trial}", 500):  # the reaper is behind when the seize comes
+            reaper.drop(path, "old", "done")
+        job, claimed = claim(node, "again", 1)
+        mover.commit(job, claimed, "medium")  # its seized copy waits in the reaper's queue
+        os.rename(paths.job_file("medium", "again"), claimed)  # claimed again
+        seized = mover.seize(claimed)
+        assert reaper.close()
+        assert seized.exists(), f"trial {trial}: the reaper removed the new seized copy, the job's only file"
+        assert json.loads(seized.read_text())["attempts"] == 1
+        seized.unlink()
+        assert not any(p.is_file() for p in node.rglob("*")), "a copy the reaper was given stayed"
+
+
+def test_close_removes_everything_queued_before_it_returns(paths: SpoolPaths) -> None:
+    node = paths.running_of("node-1")
+    reaper = Reaper()
+    files = synced_files(node, 300)
+    for path in files:
+        reaper.drop(path, "old", "done")
+    assert reaper.close()
+    assert os.listdir(node) == []
+    late = node / ".late.json.moving"
+    late.write_text("{}")
+    reaper.drop(late, "late", "done")  # after close: removed at once, in the caller's thread
+    assert not late.exists()
+
+
+def test_a_copy_that_cannot_be_removed_goes_to_the_movers_stale_list(paths: SpoolPaths) -> None:
+    node = paths.running_of("node-1")
+    node.mkdir(parents=True)
+    stuck = node / ".stuck.json.moving"
+    stuck.mkdir()  # unlink() refuses a folder: the one failure a test can make without mocks, even as root
+    reaper = Reaper()
+    mover = Mover(paths, durable=False, reaper=reaper)
+    reaper.drop(stuck, "stuck", "done")
+    assert reaper.close()
+    assert mover.has_stale
+    mover.remove_stale()
+    assert mover.stale == [stuck] and reaper.failed == []  # kept, and tried again at every remove_stale
+    stuck.rmdir()
+    stuck.write_text("{}")
+    mover.remove_stale()
+    assert mover.stale == [] and not stuck.exists()
+
+
+def test_wait_for_returns_at_once_for_a_name_it_does_not_hold(paths: SpoolPaths) -> None:
+    reaper = Reaper()
+    node = paths.running_of("node-1")
+    files = synced_files(node, 500)
+    for path in files:
+        reaper.drop(path, "old", "done")
+    done = threading.Event()
+    threading.Thread(target=lambda: (reaper.wait_for(node / ".other.json.moving"), done.set()), daemon=True).start()
+    assert done.wait(5)
+    reaper.wait_for(files[-1])
+    assert not files[-1].exists()
+    assert reaper.close()
