@@ -7,6 +7,7 @@ import json
 import os
 import random
 import signal
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -52,6 +53,29 @@ def test_jobs_finishing_together_share_one_fsync_of_their_folder(paths: SpoolPat
     if os.path.exists("/proc/self/fd"):
         assert synced.count(str(paths.done)) == 1, synced  # one folder fsync for the three
         assert len(synced) == 4  # and each file's own
+
+
+def test_the_files_of_a_group_are_fsynced_together_not_one_after_the_other(paths: SpoolPaths,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A journaling filesystem commits fsyncs that arrive together in one journal commit (fsio._fsync_together)."""
+    real_fsync = os.fsync
+    active, most, lock = [0], [0], threading.Lock()
+
+    def overlapping_fsync(fd: int) -> None:
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        time.sleep(0.02)  # long enough that fsyncs issued together are seen together
+        real_fsync(fd)
+        with lock:
+            active[0] -= 1
+
+    monkeypatch.setattr(os, "fsync", overlapping_fsync)
+    ids = [f"j{n}" for n in range(8)]
+    results = Mover(paths).commit_many(claimed_jobs(paths, ids))
+    assert results == [paths.job_file("done", job_id) for job_id in ids]
+    assert most[0] >= 2, "the staged files were fsynced one at a time"
+    assert list(paths.tmp.iterdir()) == [] and list(paths.running_of("node-1").iterdir()) == []
 
 
 def test_in_a_group_a_lost_claim_or_a_taken_name_touches_only_its_own_job(paths: SpoolPaths) -> None:

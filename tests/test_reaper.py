@@ -93,7 +93,12 @@ def test_wait_for_returns_at_once_for_a_name_it_does_not_hold(paths: SpoolPaths)
     for path in files:
         reaper.drop(path, "old", "done")
     done = threading.Event()
-    threading.Thread(target=lambda: (reaper.wait_for(node / ".other.json.moving"), done.set()), daemon=True).start()
+
+    def wait_for_other() -> None:
+        reaper.wait_for(node / ".other.json.moving")
+        done.set()
+
+    threading.Thread(target=wait_for_other, daemon=True).start()
     assert done.wait(5)
     reaper.wait_for(files[-1])
     assert not files[-1].exists()

