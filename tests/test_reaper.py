@@ -39,7 +39,7 @@ def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths
     name the reaper still holds for the copy before. The reaper must remove the old copy, not the new one."""
     node = paths.running_of("node-1")
     for trial in range(3):
-        reaper = Reaper()
+        reaper = Reaper(node)
         mover = Mover(paths, durable=False, reaper=reaper)
         for path in synced_files(node / f"backlog-{trial}", 500):  # the reaper is behind when the seize comes
             reaper.drop(path, "old", "done")
@@ -56,7 +56,7 @@ def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths
 
 def test_close_removes_everything_queued_before_it_returns(paths: SpoolPaths) -> None:
     node = paths.running_of("node-1")
-    reaper = Reaper()
+    reaper = Reaper(node)
     files = synced_files(node, 300)
     for path in files:
         reaper.drop(path, "old", "done")
@@ -73,7 +73,7 @@ def test_a_copy_that_cannot_be_removed_goes_to_the_movers_stale_list(paths: Spoo
     node.mkdir(parents=True)
     stuck = node / ".stuck.json.moving"
     stuck.mkdir()  # unlink() refuses a folder: the one failure a test can make without mocks, even as root
-    reaper = Reaper()
+    reaper = Reaper(node)
     mover = Mover(paths, durable=False, reaper=reaper)
     reaper.drop(stuck, "stuck", "done")
     assert reaper.close()
@@ -87,8 +87,8 @@ def test_a_copy_that_cannot_be_removed_goes_to_the_movers_stale_list(paths: Spoo
 
 
 def test_wait_for_returns_at_once_for_a_name_it_does_not_hold(paths: SpoolPaths) -> None:
-    reaper = Reaper()
     node = paths.running_of("node-1")
+    reaper = Reaper(node)
     files = synced_files(node, 500)
     for path in files:
         reaper.drop(path, "old", "done")
@@ -102,4 +102,21 @@ def test_wait_for_returns_at_once_for_a_name_it_does_not_hold(paths: SpoolPaths)
     assert done.wait(5)
     reaper.wait_for(files[-1])
     assert not files[-1].exists()
+    assert reaper.close()
+
+
+def test_a_commit_out_of_another_nodes_folder_removes_its_copy_at_once(paths: SpoolPaths) -> None:
+    """Recovery commits a dead node's file and removes that node's folder right after: the copy must be
+    gone by then (test_schedule's kill matrix left the dead daemon's folder behind when it was not)."""
+    ours, dead = paths.running_of("node-1"), paths.running_of("node-dead")
+    ours.mkdir(parents=True)
+    dead.mkdir(parents=True)
+    reaper = Reaper(ours)
+    for path in synced_files(ours / "backlog", 500):
+        reaper.drop(path, "old", "done")
+    mover = Mover(paths, durable=False, reaper=reaper)
+    job, claimed = claim(dead, "orphan", 1)
+    mover.commit(job, claimed, "medium")
+    assert os.listdir(dead) == [], "the dead node's copy was left to the reaper"
+    dead.rmdir()
     assert reaper.close()

@@ -114,7 +114,7 @@ class Daemon:
         self.paths = SpoolPaths(config.spool_dir)
         self.scratch = scratch_folder(node.id)
         self.events = EventLog(config.log_dir, log_format=config.log_format)
-        self.reaper = Reaper()
+        self.reaper = Reaper(node.folder)
         self.mover = Mover(self.paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok,
                            reaper=self.reaper)
         self.waker = Waker()

@@ -176,7 +176,7 @@ class Mover:
             log.error("cannot give %s its name back (%s); it is recovered as an orphan", seized, e)
 
     def _drop_claim(self, job: Job, claimed: Path, folder: str) -> None:
-        if self.reaper is not None:
+        if self.reaper is not None and claimed.parent == self.reaper.folder:
             self.reaper.drop(claimed, job.id, folder)
             return
         try:

@@ -34,10 +34,12 @@ class Drop:
 
 
 class Reaper:
-    """Unlinks committed claims' copies in a thread; what cannot be removed goes to `failed`, for the
-    Mover's stale list (removed later, never committed again)."""
+    """Unlinks committed claims' copies in our node's `folder`, in a thread; what cannot be removed goes to
+    `failed`, for the Mover's stale list (removed later, never committed again). A copy elsewhere (a dead
+    node's file that recovery commits) is removed at once by the Mover: that folder is removed next."""
 
-    def __init__(self) -> None:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
         self.queue: deque[Drop] = deque()
         self.pending: set[Path] = set()  # queued or being unlinked
         self.failed: list[Path] = []
