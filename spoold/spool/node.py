@@ -6,6 +6,7 @@ name and renamed into place with the lock already held, so no one ever sees it u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -129,7 +130,8 @@ class Node:
             try:
                 if self.job_files():
                     break
-                for name in os.listdir(self.folder):
+                # The lock file last: a prober that makes it again finds our .info gone, and removes it.
+                for name in sorted(os.listdir(self.folder), key=lambda name: name == LOCK_NAME):
                     if name.startswith("."):
                         (self.folder / name).unlink(missing_ok=True)
                 self.folder.rmdir()
@@ -182,11 +184,26 @@ def read_info(folder: Path) -> dict[str, object]:
     return value if isinstance(value, dict) else {"id": folder.name}
 
 
+def _identity(info: os.stat_result) -> tuple[int, int, int]:
+    return info.st_dev, info.st_ino, info.st_ctime_ns
+
+
 def try_lock_dead(folder: Path) -> FileLock | None:
-    """The lock of a dead daemon's folder, now held by us; None while its owner lives."""
-    if not (folder / LOCK_NAME).exists():
-        return spool_lock(folder / LOCK_NAME) if folder.is_dir() else None
-    lock = spool_lock(folder / LOCK_NAME)
+    """The lock of a dead daemon's folder, now held by us; None while its owner lives.
+
+    A folder whose lock file is gone belongs to a daemon that has left (or is leaving: it removes its
+    `.info`, then its lock file, then its folder), and its lock is not made again: an unacquired lock is
+    returned. If the owner removed the file between our look and our open, the open made a new one, which
+    would keep the leaving owner's folder from going (on another host, where the lease decides, nobody
+    would remove it), and if the folder was gone already, filelock made it again: both are removed again.
+    A new file is known by its identity, or, since a freed inode number is soon given out again, by the
+    owner's `.info` being gone (the owner removes it before its lock file)."""
+    path = folder / LOCK_NAME
+    try:
+        before = os.stat(path)
+    except OSError:
+        return spool_lock(path) if folder.is_dir() else None
+    lock = spool_lock(path)
     try:
         lock.acquire()
     except Timeout:
@@ -194,6 +211,17 @@ def try_lock_dead(folder: Path) -> FileLock | None:
     except OSError as e:
         log.warning("cannot probe the lock of %s: %s", folder, e)
         return None
+    try:
+        now: os.stat_result | None = os.stat(path)
+    except OSError:
+        now = None
+    if now is None or _identity(now) != _identity(before) or not (folder / INFO_NAME).exists():  # the owner left
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        with contextlib.suppress(OSError):  # filelock makes the folder too if it was gone: an empty one goes
+            folder.rmdir()
+        lock.release(force=True)
+        return spool_lock(path) if folder.is_dir() else None
     return lock
 
 
