@@ -22,12 +22,13 @@ from spoold.spool.node import LOCK_NAME, spool_lock
 root, seconds = Path(sys.argv[1]), float(sys.argv[2])
 left, n, end = 0, 0, time.monotonic() + seconds
 while time.monotonic() < end:
-    folder = root / f"node-{n}"
+    folder, staging = root / f"node-{n}", root / f".staging-{n}"
     n += 1
-    folder.mkdir()
-    lock = spool_lock(folder / LOCK_NAME)
+    staging.mkdir()  # as open_node: made under a hidden name, which probers pass by, then shown whole
+    lock = spool_lock(staging / LOCK_NAME)
     lock.acquire()
-    (folder / ".info").write_text("{}")
+    (staging / ".info").write_text("{}")
+    os.rename(staging, folder)
     for name in sorted(os.listdir(folder), key=lambda name: name == LOCK_NAME):  # as Node.close: .lock last
         (folder / name).unlink(missing_ok=True)
     # Node.close tries its rmdir for about a second. It cannot remove a lock file a prober made meanwhile:
@@ -49,16 +50,21 @@ print(n, left)
 
 
 def test_a_probe_of_a_leaving_daemons_lock_never_leaves_a_lock_file_behind(tmp_path: Path) -> None:
-    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path), "4"], stdout=subprocess.PIPE, text=True)
+    owner = subprocess.Popen([sys.executable, "-c", OWNER, str(tmp_path), "4"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
     probes = 0
     while owner.poll() is None:
         for entry in os.scandir(tmp_path):
+            if entry.name.startswith("."):
+                continue  # as node.other_nodes: a folder still being made
             lock = try_lock_dead(Path(entry.path))
             if lock is not None:
                 lock.release(force=True)  # as for another host's folder whose lease has not ended
             probes += 1
         time.sleep(0)
-    cycles, left = map(int, owner.communicate()[0].split())
+    out, err = owner.communicate()
+    assert owner.returncode == 0, err
+    cycles, left = map(int, out.split())
     assert cycles > 500 and probes > 500, (cycles, probes)
     assert left == 0, f"{left} of {cycles} folders could not be removed: a probe made their lock file again"
     assert [p.name for p in tmp_path.iterdir()] == []
