@@ -197,13 +197,15 @@ class Cluster:
                 daemon.nodes.append(name)
         return names[-1] if names else None
 
-    def held(self, node: str, through: Host) -> set[str]:
-        """Job ids in a node's folder (its claims and seized copies), listed through `through`."""
+    def held(self, node: str, through: Host, *, seized: bool = True) -> set[str]:
+        """Job ids in a node's folder (its claims, and unless `seized` is off its seized copies), listed
+        through `through`."""
         try:
             names = os.listdir(self.spool(through) / "running" / node)
         except OSError:
             return set()
-        return {m.group(1) for n in names if (m := re.fullmatch(r"\.?(.+)\.json(?:\.moving)?", n))}
+        pattern = r"\.?(.+)\.json(?:\.moving)?" if seized else r"([^.].*)\.json"
+        return {m.group(1) for n in names if (m := re.fullmatch(pattern, n))}
 
     def stop_all(self) -> dict[str, int]:
         """SIGTERM every daemon; node -> exit code."""
@@ -379,8 +381,12 @@ def _inject(cluster: Cluster, fault: str, victims: list[Daemon], victim_nodes: l
 def _await_takeover(cluster: Cluster, outcome: Outcome, victim_nodes: list[str], victim_host: Host, healthy: Host,
                     fault_at: float) -> None:
     """The others take the faulted nodes' jobs over: their folders empty (or go), as a healthy host sees them.
-    For a cut: the cut host's job children must be gone when its lease ends (it fenced itself)."""
+    A frozen daemon still holds its lock, and the copies it had seized (mostly jobs already committed, whose
+    unlink its reaper had not done yet) stay for it to finish when it wakes (docs/design.md, H3): for a
+    freeze, its claims must go. For a cut: the cut host's job children must be gone when its lease ends
+    (it fenced itself)."""
     cut = outcome.fault == "cut"
+    seized = outcome.fault != "freeze"
     deadline = time.monotonic() + 3 * LEASE + 30
     fence_checked = False
     while True:
@@ -390,7 +396,7 @@ def _await_takeover(cluster: Cluster, outcome: Outcome, victim_nodes: list[str],
         if cut and not fence_checked and now - fault_at >= LEASE:
             fence_checked = True
             outcome.problems += _children_left(cluster, victim_host, fault_at)
-        if outcome.takeover_seconds is None and not any(cluster.held(n, healthy) for n in victim_nodes):
+        if outcome.takeover_seconds is None and not any(cluster.held(n, healthy, seized=seized) for n in victim_nodes):
             outcome.takeover_seconds = round(now - fault_at, 2)
         if outcome.takeover_seconds is not None and (fence_checked or not cut):
             break
