@@ -120,6 +120,52 @@ def test_get_job_finds_a_job_that_moves_back_and_forth_every_time(project: Proje
     assert moves > 5000, f"the job moved only {moves} times: not much of a race"
 
 
+# A daemon's commit, over and over: the claim seized (renamed to .ID.json.moving, where it waits as long as
+# the result's fsyncs take), linked into done/, its copy unlinked a moment later (the reaper); then back to
+# medium/ and claimed again.
+COMMITTER = r"""
+import os, sys, time
+root, name, stop = sys.argv[1:4]
+node = os.path.join(root, "running", "node-1")
+claimed, seized, done, ready = (os.path.join(node, name), os.path.join(node, "." + name + ".moving"),
+                                os.path.join(root, "done", name), os.path.join(root, "medium", name))
+commits = 0
+print("moving", flush=True)
+while not os.path.exists(stop):
+    os.rename(ready, claimed)
+    os.rename(claimed, seized)
+    time.sleep(0.001)
+    os.link(seized, done)
+    time.sleep(0.001)
+    os.unlink(seized)
+    os.rename(done, ready)
+    commits += 1
+print(commits, flush=True)
+"""
+
+
+def test_get_job_finds_a_job_while_it_is_committed_under_its_seized_name(project: Project) -> None:
+    job_id = project.submit("Echo", "handle", ["moving"])  # in medium/
+    (project.spool / "running" / "node-1").mkdir(parents=True)
+    (project.spool / "done").mkdir(exist_ok=True)
+    stop = project.root / "stop"
+    mover = subprocess.Popen([sys.executable, "-c", COMMITTER, str(project.spool), f"{job_id}.json", str(stop)],
+                             stdout=subprocess.PIPE, text=True)
+    project.procs.append(mover)
+    assert mover.stdout is not None and mover.stdout.readline() == "moving\n"
+    seen: dict[str, int] = {}
+    for _ in range(3000):
+        found = get_job(job_id, config=project.config)
+        assert found is not None, f"job {job_id} reported missing while it was committed ({seen})"
+        state = "seized" if found.path.name.startswith(".") else found.state
+        seen[state] = seen.get(state, 0) + 1
+    stop.touch()
+    commits = int(mover.stdout.readline())
+    assert mover.wait(10) == 0
+    assert {"seized", "done", "medium"} <= set(seen), seen  # found under its seized name while only there
+    assert commits > 20, f"only {commits} commits: not much of a race"
+
+
 # -- wait_for_job ------------------------------------------------------------------------------------
 
 def test_wait_for_job_returns_the_result_once_a_running_daemon_has_run_it(project: Project) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 from spoold.config import Config, find_config, load_config
 from spoold.errors import JobRejected, SpooldError
 from spoold.job import decode_document
-from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, is_valid_id
+from spoold.paths import JOB_SUFFIX, Folder, SpoolPaths, is_valid_id, seized_name
 from spoold.spool.fsio import read_bounded
 from spoold.spool.submit import cached_config
 
@@ -96,21 +96,26 @@ def _read_reason(paths: SpoolPaths, job_id: str) -> str | None:
     return text.splitlines()[0] if text.strip() else ""
 
 
-def _folders(paths: SpoolPaths) -> list[tuple[Folder, str]]:
-    """(state, folder) of every folder the job may be in, in the order of SEARCH_ORDER; running/ is listed now."""
+def _folders(paths: SpoolPaths) -> list[tuple[Folder, str, bool]]:
+    """(state, folder, seized) of every place the job may be, in the order of SEARCH_ORDER; running/ is
+    listed now. Each node folder comes twice: under the job's claimed name, and after the final states
+    under its seized name (`.ID.json.moving`, docs/design.md, H3): a job being committed is only there
+    between its seize and its link, and once linked its copy there waits for the reaper (P7)."""
     root = os.fspath(paths.root)
-    folders: list[tuple[Folder, str]] = []
+    folders: list[tuple[Folder, str, bool]] = []
+    nodes: list[str] = []
     for state in SEARCH_ORDER:
         folder = os.path.join(root, state)
         if state != Folder.RUNNING:
-            folders.append((state, folder))
+            folders.append((state, folder, False))
             continue
         try:
             with os.scandir(folder) as entries:
                 nodes = [entry.path for entry in entries if not entry.name.startswith(".") and _is_dir(entry)]
         except OSError:
             continue
-        folders.extend((state, node) for node in nodes)
+        folders.extend((state, node, False) for node in nodes)
+    folders.extend((Folder.RUNNING, node, True) for node in nodes)
     return folders
 
 
@@ -156,10 +161,10 @@ def _look(paths: SpoolPaths, job_id: str, state: Folder, path: str) -> JobInfo |
     return JobInfo.of(job_id, state.value, Path(path), doc, reason)
 
 
-def _look_in(paths: SpoolPaths, job_id: str, folders: list[tuple[Folder, str]]) -> JobInfo | None:
+def _look_in(paths: SpoolPaths, job_id: str, folders: list[tuple[Folder, str, bool]]) -> JobInfo | None:
     name = job_id + JOB_SUFFIX
-    for state, folder in folders:
-        info = _look(paths, job_id, state, os.path.join(folder, name))
+    for state, folder, seized in folders:
+        info = _look(paths, job_id, state, os.path.join(folder, seized_name(name) if seized else name))
         if info is not None:
             return info
     return None
@@ -176,7 +181,7 @@ def find_job_info(paths: SpoolPaths, job_id: str, *, final_first: bool = False) 
         return None
     found = None
     if final_first:
-        found = _look_in(paths, job_id, [(state, os.path.join(paths.root, state)) for state in FINAL_STATES])
+        found = _look_in(paths, job_id, [(state, os.path.join(paths.root, state), False) for state in FINAL_STATES])
     if found is None:
         found = _look_in(paths, job_id, _folders(paths))  # a job that exists is almost always found here
     running = os.path.join(paths.root, Folder.RUNNING)
@@ -184,7 +189,7 @@ def find_job_info(paths: SpoolPaths, job_id: str, *, final_first: bool = False) 
     while found is None:
         listed = _versions([running])  # before the listing: a node folder made after it changes running/
         folders = _folders(paths)
-        watched = [folder for _, folder in folders]
+        watched = [folder for _, folder, _ in folders]
         before = listed + _versions(watched)
         found = _look_in(paths, job_id, folders)
         if found is None and (_versions([running, *watched]) == before or time.monotonic() > give_up):
