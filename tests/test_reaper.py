@@ -11,9 +11,15 @@ import os
 import threading
 from pathlib import Path
 
+from conftest import Project
+
+from spoold.config import load_config
 from spoold.job import Job
+from spoold.logs import EventLog
 from spoold.paths import SpoolPaths
+from spoold.spool.intake import Claim, Intake
 from spoold.spool.moves import Mover
+from spoold.spool.node import open_node
 from spoold.spool.reaper import Reaper
 
 
@@ -120,3 +126,29 @@ def test_a_commit_out_of_another_nodes_folder_removes_its_copy_at_once(paths: Sp
     assert os.listdir(dead) == [], "the dead node's copy was left to the reaper"
     dead.rmdir()
     assert reaper.close()
+
+
+def test_a_retried_job_is_claimed_again_only_once_its_old_copy_is_gone(project: Project) -> None:
+    """After a crash, an old copy left beside the new claim of the same id would be recovered as a second job."""
+    config = load_config(project.config)
+    paths = SpoolPaths(config.spool_dir)
+    paths.create()
+    node = open_node(paths, workers=1)
+    try:
+        reaper = Reaper(node.folder)
+        mover = Mover(paths, durable=False, reaper=reaper)
+        intake = Intake(node, mover, EventLog(config.log_dir))
+        for path in synced_files(node.folder / "backlog", 500):  # the reaper is behind
+            reaper.drop(path, "old", "done")
+        job, claimed = claim(node.folder, "retried", 1)
+        job.doc.update({"class": "Echo", "method": "handle", "params": ["x"]})
+        mover.commit(job, claimed, "medium")  # a retry: back to its ready folder, its copy queued
+        taken = intake.take(config, paths.ready("medium"), "retried.json", 1e12)
+        assert isinstance(taken, Claim) and taken.job.id == "retried"
+        assert sorted(os.listdir(node.folder)) == [".heartbeat", ".info", ".lock", "backlog", "retried.json"], (
+            "the old copy is still beside the new claim")
+        assert reaper.close()
+        taken.path.unlink()
+        (node.folder / "backlog").rmdir()
+    finally:
+        node.close()

@@ -19,7 +19,7 @@ from spoold.config import Config
 from spoold.errors import JobRejected
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
-from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id, unseized_name
+from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id, seized_name, unseized_name
 from spoold.spool.fsio import read_bounded_stat
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node
@@ -143,10 +143,7 @@ class Intake:
                 return Deferred(settles_at)  # maybe still being written: not run, not rejected
         if not self.mover.may_act():
             return None  # our lease may have ended: we claim nothing more (docs/design.md, H4)
-        target = self.node.folder / (job_id + JOB_SUFFIX)
-        if os.path.lexists(target):
-            job_id = new_job_id()
-            target = self.node.folder / (job_id + JOB_SUFFIX)
+        job_id, target = self._claim_target(job_id)
         try:
             os.rename(path, target)
         except OSError as e:
@@ -160,6 +157,18 @@ class Intake:
         if early is not None and early.job.id != job_id:
             early = None
         return self._check_claimed(config, folder, name, target, job_id, now, early)
+
+    def _claim_target(self, job_id: str) -> tuple[str, Path]:
+        """The id and name in our folder a claim renames to: a fresh id if ours already holds one of that id.
+        A committed copy of the same id that still waits for the reaper (a job retried and claimed again at
+        once) is gone first: after a crash it would be recovered beside the new claim (spool/reaper.py)."""
+        target = self.node.folder / (job_id + JOB_SUFFIX)
+        if os.path.lexists(target):
+            job_id = new_job_id()
+            target = self.node.folder / (job_id + JOB_SUFFIX)
+        if self.mover.reaper is not None:
+            self.mover.reaper.wait_for(target.with_name(seized_name(target.name)))
+        return job_id, target
 
     def _check_claimed(self, config: Config, folder: Path, name: str, target: Path, job_id: str,
                        now: float, early: Read | None) -> Claim | Deferred | None:

@@ -7,9 +7,10 @@ delay) takes about 130 µs to unlink, of which 25 µs is CPU and the rest waitin
 The loop (and the committer thread) would sit through that for every job; a thread of its own does it.
 
 A crash before the unlink leaves the copy beside its newer state, which recovery resolves by precedence
-(P18), exactly as after a crash between a commit's link and its unlink. The one thing that must wait:
-a later seize of the same id in the same folder (a retried job claimed again at once) renames onto the
-very name waiting here, so `Mover.seize` asks `wait_for` that name first.
+(P18), exactly as after a crash between a commit's link and its unlink. What must wait: a job retried
+and claimed again at once has the same id, so its next claim (`Intake`) waits until that copy is gone
+(after a crash, recovery would find the old copy beside the new claim, with no later state to drop it
+for), and so does its next seize (`Mover.seize`), which renames onto the very name waiting here.
 """
 
 from __future__ import annotations
