@@ -17,7 +17,7 @@ from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
 from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, renamed_from, write_tmp
-from spoold.spool.reaper import Reaper
+from spoold.spool.reaper import Drop, Reaper, remove_committed_copy
 
 log = logging.getLogger(__name__)
 TAKEN_CHECK = (*READY, Folder.SCHEDULED, Folder.DONE, Folder.FAILED, Folder.REJECTED)
@@ -178,15 +178,8 @@ class Mover:
     def _drop_claim(self, job: Job, claimed: Path, folder: str) -> None:
         if self.reaper is not None and claimed.parent == self.reaper.folder:
             self.reaper.drop(claimed, job.id, folder)
-            return
-        try:
-            os.unlink(claimed)
-        except OSError as e:  # committed all the same: a copy left behind is removed later, never redone
-            if isinstance(e, FileNotFoundError) and not os.path.lexists(claimed):
-                log.warning("job=%s claim %s vanished during commit", job.id, claimed)
-            else:
-                log.error("job=%s is in %s/ but %s cannot be removed yet: %s", job.id, folder, claimed, e)
-                self.stale.append(claimed)
+        elif not remove_committed_copy(Drop(claimed, job.id, folder)):
+            self.stale.append(claimed)
 
     def commit_many(self, items: Sequence[tuple[Job, Path, str]]) -> list[Path | Exception]:
         """commit() for jobs that finished together (group commit, fsio.publish_many): the claimed

@@ -52,7 +52,7 @@ class Reaper:
     def drop(self, path: Path, job_id: str, folder: str) -> None:
         with self.changed:
             if self.closing:  # after close: nobody else would unlink it
-                if not self._unlink(Drop(path, job_id, folder)):
+                if not remove_committed_copy(Drop(path, job_id, folder)):
                     self.failed.append(path)
                 return
             self.pending.add(path)
@@ -99,21 +99,23 @@ class Reaper:
                     self.changed.wait(BATCH_SECONDS)  # let a few gather: one wake-up for several
                 batch = list(self.queue)
                 self.queue.clear()
-            kept = [drop.path for drop in batch if not self._unlink(drop)]
+            kept = [drop.path for drop in batch if not remove_committed_copy(drop)]
             with self.changed:
                 self.pending.difference_update(drop.path for drop in batch)
                 self.failed += kept
                 self.changed.notify_all()
 
-    @staticmethod
-    def _unlink(drop: Drop) -> bool:
-        """False if the copy stays (logged): committed all the same, it is removed later, never redone."""
-        try:
-            os.unlink(drop.path)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError) and not os.path.lexists(drop.path):
-                log.warning("job=%s claim %s vanished during commit", drop.job_id, drop.path)
-                return True
-            log.error("job=%s is in %s/ but %s cannot be removed yet: %s", drop.job_id, drop.folder, drop.path, e)
-            return False
-        return True
+
+
+def remove_committed_copy(drop: Drop) -> bool:
+    """Unlink a committed claim's copy; False if it stays (logged): committed all the same, it is removed
+    later, never redone."""
+    try:
+        os.unlink(drop.path)
+    except OSError as e:
+        if isinstance(e, FileNotFoundError) and not os.path.lexists(drop.path):
+            log.warning("job=%s claim %s vanished during commit", drop.job_id, drop.path)
+            return True
+        log.error("job=%s is in %s/ but %s cannot be removed yet: %s", drop.job_id, drop.folder, drop.path, e)
+        return False
+    return True
