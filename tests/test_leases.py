@@ -165,9 +165,10 @@ def test_a_daemon_that_cannot_renew_its_lease_stops_its_job_before_the_lease_end
     stopped = time.monotonic() - broken
     assert stopped < LEASE_SECONDS, f"the job ran {stopped:.2f}s after the last renewal, past the lease"
     # Its claim was left for the others: the daemon, joined again, recovers it (same host, lock free).
-    wait_for(lambda: project.has("done", job_id) or folder_of(project, job_id) not in (None, folder), 10,
-             "the job taken over")
-    assert "recovered" in project.events(job_id)
+    # The `recovered` line is written just after the take-over's move: wait for both.
+    wait_for(lambda: "recovered" in project.events(job_id)
+             and (project.has("done", job_id) or folder_of(project, job_id) not in (None, folder)), 10,
+             "the job taken over, and its recovered line")
     code, out = project.stop(daemon)
     assert code == 0 and "lease of" in out
 
