@@ -40,6 +40,14 @@ def synced_files(folder: Path, count: int) -> list[Path]:
     return files
 
 
+def behind(reaper: Reaper, folder: Path, count: int) -> list[Path]:
+    """Keep the reaper busy: `count` synced files in `folder` handed to it; returns them."""
+    files = synced_files(folder, count)
+    for path in files:
+        reaper.drop(path, "old", "done")
+    return files
+
+
 def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths) -> None:
     """A job committed back to its ready folder and claimed again at once: its next seize renames onto the
     name the reaper still holds for the copy before. The reaper must remove the old copy, not the new one."""
@@ -47,8 +55,7 @@ def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths
     for trial in range(3):
         reaper = Reaper(node)
         mover = Mover(paths, durable=False, reaper=reaper)
-        for path in synced_files(node / f"backlog-{trial}", 500):  # the reaper is behind when the seize comes
-            reaper.drop(path, "old", "done")
+        behind(reaper, node / f"backlog-{trial}", 500)  # the reaper is behind when the seize comes
         job, claimed = claim(node, "again", 1)
         mover.commit(job, claimed, "medium")  # its seized copy waits in the reaper's queue
         os.rename(paths.job_file("medium", "again"), claimed)  # claimed again
@@ -63,9 +70,7 @@ def test_a_retried_job_seized_again_at_once_keeps_its_new_copy(paths: SpoolPaths
 def test_close_removes_everything_queued_before_it_returns(paths: SpoolPaths) -> None:
     node = paths.running_of("node-1")
     reaper = Reaper(node)
-    files = synced_files(node, 300)
-    for path in files:
-        reaper.drop(path, "old", "done")
+    behind(reaper, node, 300)
     assert reaper.close()
     assert os.listdir(node) == []
     late = node / ".late.json.moving"
@@ -95,9 +100,7 @@ def test_a_copy_that_cannot_be_removed_goes_to_the_movers_stale_list(paths: Spoo
 def test_wait_for_returns_at_once_for_a_name_it_does_not_hold(paths: SpoolPaths) -> None:
     node = paths.running_of("node-1")
     reaper = Reaper(node)
-    files = synced_files(node, 500)
-    for path in files:
-        reaper.drop(path, "old", "done")
+    files = behind(reaper, node, 500)
     done = threading.Event()
 
     def wait_for_other() -> None:
@@ -118,8 +121,7 @@ def test_a_commit_out_of_another_nodes_folder_removes_its_copy_at_once(paths: Sp
     ours.mkdir(parents=True)
     dead.mkdir(parents=True)
     reaper = Reaper(ours)
-    for path in synced_files(ours / "backlog", 500):
-        reaper.drop(path, "old", "done")
+    behind(reaper, ours / "backlog", 500)
     mover = Mover(paths, durable=False, reaper=reaper)
     job, claimed = claim(dead, "orphan", 1)
     mover.commit(job, claimed, "medium")
@@ -138,8 +140,7 @@ def test_a_retried_job_is_claimed_again_only_once_its_old_copy_is_gone(project: 
         reaper = Reaper(node.folder)
         mover = Mover(paths, durable=False, reaper=reaper)
         intake = Intake(node, mover, EventLog(config.log_dir))
-        for path in synced_files(node.folder / "backlog", 500):  # the reaper is behind
-            reaper.drop(path, "old", "done")
+        behind(reaper, node.folder / "backlog", 500)
         job, claimed = claim(node.folder, "retried", 1)
         job.doc.update({"class": "Echo", "method": "handle", "params": ["x"]})
         mover.commit(job, claimed, "medium")  # a retry: back to its ready folder, its copy queued

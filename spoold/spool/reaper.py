@@ -1,4 +1,4 @@
-"""The last step of a commit, off the caller's path: removing the claimed copy (docs/design.md, P3).
+"""The last step of a commit, off the caller's path: removing the claimed copy (docs/design.md, P7).
 
 Once a job's new version is linked into its folder, its old copy in our node folder only waits to be
 unlinked, and nothing waits on that. But the unlink is where the filesystem frees the file: on ext4 a
