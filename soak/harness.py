@@ -45,8 +45,12 @@ def count_jobs(folder: Path) -> int:
         return 0
 
 
+SEIZED = "seized"  # placement's name for `running/NODE/.ID.json.moving`: a job its daemon is moving out (design H3)
+
+
 def placement(spool: Path) -> dict[str, list[str]]:
-    """id -> every state folder holding a file of that name (exactly ["done"] is the goal)."""
+    """id -> every state folder holding a file of that name (exactly ["done"] is the goal). A seized copy
+    in a running folder is listed as SEIZED: while a daemon commits a job, that may be its only file."""
     where: dict[str, list[str]] = collections.defaultdict(list)
     for folder in JOB_FOLDERS:
         base = spool / folder
@@ -58,6 +62,8 @@ def placement(spool: Path) -> dict[str, list[str]]:
             for name in os.listdir(sub):
                 if is_job_file(name):
                     where[name[: -len(".json")]].append(folder)
+                elif folder == "running" and name.startswith(".") and name.endswith(".json.moving"):
+                    where[name[1: -len(".json.moving")]].append(SEIZED)
     return dict(where)
 
 

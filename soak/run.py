@@ -46,6 +46,7 @@ from typing import Any
 from harness import (
     JOB_FOLDERS,
     REPO,
+    SEIZED,
     DaemonDied,
     Result,
     SoakProject,
@@ -59,6 +60,8 @@ from harness import (
     stop_all,
     wait_all_done,
 )
+
+from spoold.daemon.loop import COMMIT_WINDOW
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MIB = 1024  # KiB
@@ -286,8 +289,10 @@ def burst(ctx: Context, result: Result) -> None:
 
 
 def check_burst_status(result: Result, snapshot: tuple[dict[str, Any], dict[str, list[str]]], n: int) -> None:
-    """status --json counts the files of each folder as they are; every job is there once, except one the
-    daemon was committing (a commit links the new copy, then removes the claimed one: both are seen)."""
+    """status --json counts the files of each folder as they are; every job is there once, except those the
+    daemon was committing. A commit seizes the claimed copy (renames it to its hidden name), publishes the new
+    version, then removes the seized copy: a job mid-commit is seen seized only, or seized beside its new
+    state (design H3, P7). At most COMMIT_WINDOW jobs per worker wait to be committed, plus one running each."""
     status, where = snapshot
     counts = status["counts"]
     files = collections.Counter(folder for folders in where.values() for folder in folders)
@@ -297,10 +302,10 @@ def check_burst_status(result: Result, snapshot: tuple[dict[str, Any], dict[str,
         result.fail(f"status --json counts differ from the files (status, files): {wrong}")
     if len(where) != n or counts["rejected"] or counts["failed"] or counts["scheduled"]:
         result.fail(f"after the burst {len(where)} distinct jobs, expected {n}: {counts}")
-    mid_commit = {job_id: folders for job_id, folders in where.items() if len(folders) > 1}
-    result.details["mid_commit_in_two_folders"] = mid_commit
-    if len(mid_commit) > WORKERS or any("running" not in folders or len(folders) != 2
-                                        for folders in mid_commit.values()):
+    mid_commit = {job_id: folders for job_id, folders in where.items() if len(folders) > 1 or SEIZED in folders}
+    result.details["mid_commit"] = len(mid_commit)
+    if len(mid_commit) > WORKERS * (COMMIT_WINDOW + 1) or any(
+            folders != [SEIZED] and (SEIZED not in folders or len(folders) != 2) for folders in mid_commit.values()):
         result.fail(f"jobs in two folders besides a commit in progress: {mid_commit}")
     if len(status["daemons"]) != 1:
         result.fail(f"status --json lists {len(status['daemons'])} daemons, expected 1")
