@@ -4,11 +4,12 @@ index matches the folders again. Real folders and files; the daemon's use of it 
 from __future__ import annotations
 
 import os
+import time
 
-from conftest import Project
+from conftest import Project, wait_for
 
 from spoold.paths import SpoolPaths
-from spoold.spool.ready_index import SCAN_CHUNK, ReadyIndex
+from spoold.spool.ready_index import SCAN_CHUNK, SCAN_SHARE, SCAN_SLICE, ReadyIndex
 
 
 def fill(paths: SpoolPaths, priority: str, count: int) -> list[str]:
@@ -65,3 +66,48 @@ def test_a_daemon_drains_a_backlog_larger_than_one_scan_chunk(project: Project) 
     assert project.drain().returncode == 0
     assert len(project.names("done")) == count
     assert project.names("medium") == []
+
+
+def test_a_paced_scan_takes_about_a_tenth_of_the_time_and_reads_at_least_one_entry_a_slice(paths: SpoolPaths) -> None:
+    """Real time: a caller that asks for a slice as often as it likes gets about SCAN_SHARE of its time."""
+    names = fill(paths, "medium", SCAN_CHUNK + 6000)
+    index = ReadyIndex(paths)
+    index.rescan(0.0)
+    began, inside, calls = time.monotonic(), 0.0, 0
+    while True:
+        due = index.paced_due()
+        assert due is not None
+        time.sleep(max(0.0, due - time.monotonic()) / 2)  # a busy loop's passes, a few per slice
+        before = len(index)
+        t = time.monotonic()
+        ended = index.rescan_paced()
+        inside += time.monotonic() - t
+        calls += 1
+        if ended:
+            break
+        if time.monotonic() >= due:
+            assert len(index) > before, "a due slice reads at least one entry"
+    elapsed = time.monotonic() - began
+    assert len(index) == len(names)
+    assert inside <= 2 * SCAN_SHARE * elapsed + SCAN_SLICE, (inside, elapsed)
+    assert calls > 1
+
+
+def test_a_large_backlogs_scan_ends_while_a_long_job_runs_so_the_oldest_job_runs_next(project: Project) -> None:
+    """The scan of a backlog larger than one chunk is paced by time, not by passes of the loop: it goes on
+    while no job ends, and when the running job ends, the oldest file of the whole folder is the next."""
+    project.configure(workers=1)
+    count = SCAN_CHUNK + 3000
+    for n in range(count):  # in name order: ties of ctime are broken by name, so job00000 is the oldest
+        project.drop("medium", f"job{n:05d}.json", {"class": "Echo", "params": [n]})
+    project.drop("high", "first.json", {"class": "Sleep", "params": [3]})
+    proc = project.start()
+    wait_for(lambda: "success" in project.events("first"), 30, "the long job done")
+    wait_for(lambda: len(started_order(project)) >= 2, 30, "the next job started")
+    project.stop(proc)
+    assert started_order(project)[:2] == ["first", "job00000"]
+
+
+def started_order(project: Project) -> list[str]:
+    return [part.split("=", 1)[1] for line in project.log_lines() if "status=started" in line
+            for part in line.split() if part.startswith("job=")]

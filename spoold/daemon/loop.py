@@ -46,8 +46,7 @@ RETENTION_INTERVAL_SECONDS = 3600.0
 # (a window of 2 per worker cost worker/fsync a third of its rate, 8 about a sixth, against none), and
 # one kill re-runs at most workers + COMMIT_WINDOW × workers - 1 jobs (docs/design.md, C2).
 COMMIT_WINDOW = 8
-SCAN_AHEAD = 8  # jobs known per worker before a scan under way slows to SCAN_TRICKLE entries per pass
-SCAN_TRICKLE = 50
+SCAN_AHEAD = 8  # jobs known per worker before a scan under way is paced (ReadyIndex.rescan_paced)
 REJOIN = -1  # run() after a lost lease: not an exit code, the caller opens a new daemon
 
 
@@ -212,8 +211,11 @@ class Daemon:
             self.index.rescan(now)
         if now >= self.next_rescan:
             self.rescan(now)
-        elif self.index.scanning:  # a large folder is read a chunk per pass, jobs starting meanwhile
-            self.index.rescan_step(SCAN_STEP if self.index_short else SCAN_TRICKLE)
+        elif self.index.scanning:  # a large folder is read a chunk per pass, jobs starting meanwhile;
+            if self.index_short:
+                self.index.rescan_step(SCAN_STEP)
+            else:  # once enough are known, for a tenth of the loop's time
+                self.index.rescan_paced()
         for path in self.watcher.take_hints():
             self.index.hint(path)
             self.scheduled.hint(path)
@@ -463,7 +465,7 @@ class Daemon:
     @property
     def index_short(self) -> bool:
         """Fewer jobs known than SCAN_AHEAD per worker: a scan under way reads on at full speed. Beyond
-        that it reads SCAN_TRICKLE entries per pass, so a large backlog's scan does not take the loop's
+        that it is paced to a tenth of the loop's time, so a large backlog's scan does not take the loop's
         time from the jobs it has already found (docs/design.md, T2)."""
         return len(self.index) < SCAN_AHEAD * self.config.workers
 
@@ -490,6 +492,8 @@ class Daemon:
         if self.index.scanning and self.index_short:
             return 0.0
         wake_at = [self.next_rescan, self.next_retention]
+        if (paced := self.index.paced_due()) is not None:  # a paced scan reads on even while no job ends
+            wake_at.append(now + (paced - time.monotonic()))
         if self.slots.due_at is not None and not self.drain:
             wake_at.append(self.slots.due_at)
         wake_at += [t for t in (self.scheduled.next_due(),) if t is not None]  # promotion needs no free slot

@@ -10,6 +10,7 @@ import heapq
 import logging
 import os
 import stat
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 SCAN_CHUNK = 2000  # entries a rescan reads at once: a backlog this small is ordered before any job starts
 SCAN_STEP = 250  # entries read per pass of the loop after that (about 2 ms), so jobs keep flowing
+# Once the index holds enough jobs to run (the loop decides), a scan under way is paced by time instead:
+# a slice of reading (SCAN_SLICE seconds at most) is followed by a pause nine times its length.
+SCAN_SHARE = 0.1
+SCAN_SLICE = 0.001
 
 
 @dataclass
@@ -40,6 +45,7 @@ class _Scan:
     priority: str | None = None
     entries: Iterator[os.DirEntry[str]] | None = None
     close: Callable[[], None] = lambda: None
+    next_slice_at: float = 0.0  # monotonic: when rescan_paced may read on
 
 
 class ReadyIndex:
@@ -100,12 +106,32 @@ class ReadyIndex:
         while not self.rescan_step(SCAN_CHUNK) and whole:
             pass
 
-    def rescan_step(self, budget: int = SCAN_STEP) -> bool:
-        """Read up to `budget` more entries of the scan under way; True once it has ended (or none runs)."""
+    def rescan_paced(self) -> bool:
+        """Read on for one slice (SCAN_SLICE), if the last slice is SCAN_SHARE behind us: a large backlog's
+        scan then takes a tenth of the loop's time from the jobs it has found, whatever one entry costs on
+        this filesystem (docs/design.md, T2). True once the scan has ended."""
         scan = self.scan
         if scan is None:
             return True
-        while budget > 0:
+        began = time.monotonic()
+        if began < scan.next_slice_at:
+            return False
+        ended = self.rescan_step(SCAN_CHUNK, until=began + SCAN_SLICE)
+        scan.next_slice_at = began + (time.monotonic() - began) / SCAN_SHARE
+        return ended
+
+    def paced_due(self) -> float | None:
+        """Monotonic time of a paced scan's next slice; None if no scan runs."""
+        return None if self.scan is None else self.scan.next_slice_at
+
+    def rescan_step(self, budget: int = SCAN_STEP, *, until: float | None = None) -> bool:
+        """Read up to `budget` more entries of the scan under way, and none after `until` (monotonic; at
+        least one is read); True once it has ended (or none runs)."""
+        scan = self.scan
+        if scan is None:
+            return True
+        read = 0
+        while read < budget and (until is None or not read or time.monotonic() < until):
             if scan.entries is None:
                 scan.priority = next(scan.folders, None)
                 if scan.priority is None:
@@ -125,7 +151,7 @@ class ReadyIndex:
                 scan.close()
                 scan.entries = None
                 continue
-            budget -= 1
+            read += 1
             self._scanned(scan, entry)
         else:
             return False
