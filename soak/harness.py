@@ -25,6 +25,8 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from conftest import BASE_CONFIG, DEFAULTS, HERE, Project, child_pids  # noqa: E402
 
+from spoold.paths import unseized_name  # noqa: E402
+
 JOB_FOLDERS = ("high", "medium", "low", "scheduled", "running", "done", "failed", "rejected")
 NESTED = ("running", "done", "failed")  # a folder per daemon; day shards of done/ and failed/
 
@@ -62,8 +64,8 @@ def placement(spool: Path) -> dict[str, list[str]]:
             for name in os.listdir(sub):
                 if is_job_file(name):
                     where[name[: -len(".json")]].append(folder)
-                elif folder == "running" and name.startswith(".") and name.endswith(".json.moving"):
-                    where[name[1: -len(".json.moving")]].append(SEIZED)
+                elif folder == "running" and (plain := unseized_name(name)) is not None:
+                    where[plain[: -len(".json")]].append(SEIZED)
     return dict(where)
 
 
