@@ -49,6 +49,7 @@ FOLDERS = ("tmp", *READY, "scheduled", "running", "done", "failed", "rejected")
 WORKERS = 2
 JOBS = 40  # per trial
 DRAIN_TIMEOUT = 120.0
+SUBMITTER_START_SECONDS = 60.0  # an interpreter and spoold's imports, on a loaded machine
 CHILD_FILE = re.compile(r'File "([^"]+)/spoold/execution/child\.py"')
 KINDS = (("plain", 50), ("chain", 15), ("retried", 15), ("delayed", 10), ("fails", 10))  # weights
 
@@ -74,7 +75,7 @@ class Trial:
 
     seed: int
     daemons: int = 0
-    cut_after: float = 0.0  # seconds after the submitter started
+    cut_after: float = 0.0  # seconds after the submitter began to submit (its imports done)
     submitted: int = 0  # submit calls that returned before the cut
     all_submitted: bool = False
     lost: list[str] = field(default_factory=list)
@@ -311,6 +312,18 @@ def judge(trial: Trial, spool: Path, ids: dict[str, str], sentinel: Path) -> Non
     trial.ran_twice = sum(n - 1 for n in runs.values() if n > 1)
 
 
+def wait_ready_to_submit(ids_file: Path, submitter: subprocess.Popen[bytes],
+                         timeout: float = SUBMITTER_START_SECONDS) -> float | None:
+    """When the submitter wrote its first line (which spoold it imported; its submits follow at once), by
+    the monotonic clock; None if it exited or did not get there within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and submitter.poll() is None:
+        if ids_file.exists() and ids_file.read_bytes().startswith(b"# spoold "):
+            return time.monotonic()
+        time.sleep(0.002)
+    return None
+
+
 def read_ids(path: Path) -> tuple[dict[str, str], list[str], bool]:
     """tag -> id for each submit that returned, the comment lines, and whether all were submitted."""
     ids, comments = {}, []
@@ -349,7 +362,13 @@ def run_trial(fs: CrashFS, root: Path, seed: int, *, pythonpath: str | None = No
                                          cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
                                          start_new_session=True)
         procs.append(submitter)
-        submitted_at = time.monotonic()
+        # The cut's clock starts once the submitter is about to submit: its start-up (an interpreter,
+        # spoold's imports) can take longer than the earliest cut on a busy machine, and a cut before the
+        # first submit tests nothing (and leaves no word of which spoold it imported).
+        submitted_at = wait_ready_to_submit(ids_file, submitter)
+        if submitted_at is None:
+            trial.notes.append(f"the submitter never began to submit: {_tail(root / 'submitter.out')}")
+            submitted_at = time.monotonic()
         time.sleep(max(0.0, submitted_at + trial.cut_after - time.monotonic()))
         for daemon in daemons:
             if daemon.poll() is not None:
