@@ -39,6 +39,12 @@ BENCH_SCALE ?= full
 bench:
 	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/run.sh
 
+# make bench-fresh-fs [BENCH_SCALE=small]: the same, with every system's data on a fresh ext4 (with a journal)
+# made for the run (bench/fresh-fs.sh; root and a loop device): rates that do not depend on the disk's day.
+.PHONY: bench-fresh-fs
+bench-fresh-fs:
+	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/fresh-fs.sh bench/run.sh
+
 # make bench-profile [PROFILE_ARGS="3000 worker fast"]: CPU per job by process and thread, and py-spy stacks
 # (bench/profile.py); writes bench/results/profile-ISOLATION-DURABILITY.md.
 PROFILE_ARGS ?= 3000 process fsync

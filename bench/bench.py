@@ -24,7 +24,7 @@ from typing import Any
 
 from peers import RQ, Huey
 from processes import PROCS, log
-from report import REPO, header, machine_info, markdown, new_row, save, source_digest, targets, value
+from report import REPO, fs_probe, header, machine_info, markdown, new_row, save, source_digest, targets, value
 from runs import SCALES, Bench, run_latency, run_scale, run_throughput, scale_variants
 from systems import FILE_FLOOR_LOOPS, HERE, KINDS, WORKERS, FileFloor, Floor, Spoold, System
 
@@ -57,6 +57,7 @@ def run_all(scale: str, root: Path) -> int:
     sizes = bench.sizes
     report: dict[str, Any] = {"scale": scale, "sizes": sizes, "workers": WORKERS, "machine": machine_info(root),
                               "rows": [], "scale_runs": [], "notes": []}
+    report["machine"]["fs_probe_at_start"] = fs_probe(root)
     log(header(report))
 
     spoolds = [Spoold(i, d) for i in ("process", "worker") for d in ("fsync", "fast")]
@@ -100,6 +101,7 @@ def run_all(scale: str, root: Path) -> int:
 
     report["elapsed_s"] = round(time.monotonic() - bench.budget.started, 1)
     report["machine"]["loadavg_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["machine"]["fs_probe_at_end"] = fs_probe(root)
     report["targets"] = targets(report)
     text = markdown(report)
     print(text)

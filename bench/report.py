@@ -10,7 +10,11 @@ import importlib.metadata
 import json
 import os
 import platform
+import shutil
+import statistics
 import subprocess
+import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -69,17 +73,62 @@ def vm_meminfo(key: str) -> int:
     return 0
 
 
-def fs_type(path: Path) -> str:
-    """The type of the filesystem holding `path` (the longest mount point above it)."""
-    best, kind = "", "?"
+def _mount_of(path: Path) -> list[str]:
+    """The /proc/mounts line (device, mount point, type, options) of the longest mount point above `path`."""
+    best: list[str] = ["?", "", "?", ""]
     with contextlib.suppress(OSError), open("/proc/mounts") as mounts:
         for line in mounts:
             parts = line.split()
             mount = parts[1]
             inside = mount == "/" or str(path) == mount or str(path).startswith(mount + "/")
-            if inside and len(mount) > len(best):
-                best, kind = mount, parts[2]
+            if inside and len(mount) > len(best[1]):
+                best = parts[:4]
+    return best
+
+
+def fs_type(path: Path) -> str:
+    """The type of the filesystem holding `path`; for ext4, whether it keeps a journal (without one, a
+    file's create skips every inode freed in the last hours: see fs_probe)."""
+    device, _, kind, _ = _mount_of(path)
+    if kind == "ext4":
+        task = Path("/sys/fs/ext4") / Path(device).name / "journal_task"
+        with contextlib.suppress(OSError):
+            return "ext4 (no journal)" if task.read_text().strip() in ("", "<none>") else "ext4"
     return kind
+
+
+PROBE_FILES = 400
+PROBE_CHURN = 2000
+
+
+def _timed_creates(folder: Path, stem: str, count: int) -> list[float]:
+    seconds = []
+    for n in range(count):
+        began = time.perf_counter()
+        os.close(os.open(folder / f"{stem}{n}.json", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        seconds.append(time.perf_counter() - began)
+    return seconds
+
+
+def fs_probe(root: Path) -> dict[str, float]:
+    """What creating a small file costs here, in µs (medians of PROBE_FILES): in a fresh folder, and
+    again a second after PROBE_CHURN files were removed from it, as a spool removes its jobs' files.
+
+    On ext4 without a journal a create steps over every inode freed between a second and twelve hours
+    ago (the kernel's `recently_deleted`), so there the second figure, and spoold's rates, depend on how
+    busy the disk was that day; on a journaling filesystem both are alike. The peers make no file per job."""
+    folder = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=root))
+    try:
+        fresh = _timed_creates(folder, "fresh", PROBE_FILES)
+        _timed_creates(folder, "churn", PROBE_CHURN)
+        for name in os.listdir(folder):
+            os.unlink(folder / name)
+        time.sleep(1.1)  # an inode freed within the current second is not skipped
+        churned = _timed_creates(folder, "after", PROBE_FILES)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    return {"create_us": round(statistics.median(fresh) * 1e6, 1),
+            "create_after_churn_us": round(statistics.median(churned) * 1e6, 1)}
 
 
 def fmt(value: float | None, digits: int | None = None) -> str:
@@ -238,7 +287,17 @@ def header(report: dict[str, Any]) -> str:
             f"redis-server {m['versions'].get('redis-server')}. {WORKERS} workers each; {s['noop']:,} no-ops, "
             f"{s['sleep']:,} × sleep 10 ms; latency: {s['latency_jobs']} no-ops at {s['latency_rate']:g}/s "
             f"to idle workers. Load average before: {m['loadavg_at_start'][0]:g}"
-            + (f", after: {m['loadavg_at_end'][0]:g}." if "loadavg_at_end" in m else "."))
+            + (f", after: {m['loadavg_at_end'][0]:g}." if "loadavg_at_end" in m else ".") + probe_note(m))
+
+
+def probe_note(machine: dict[str, Any]) -> str:
+    """The filesystem's create cost (fs_probe) before and after, when the run measured it."""
+    probes = [(when, machine[f"fs_probe_at_{when}"]) for when in ("start", "end") if f"fs_probe_at_{when}" in machine]
+    if not probes:
+        return ""
+    said = "; ".join(f"{when} {p['create_us']:g} µs fresh, {p['create_after_churn_us']:g} µs after churn"
+                     for when, p in probes)
+    return f" A file's create on the spool's filesystem (bench/report.py, fs_probe): {said}."
 
 
 def svg_chart(report: dict[str, Any]) -> str:
