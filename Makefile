@@ -40,7 +40,7 @@ bench:
 	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/run.sh
 
 # make bench-fresh-fs [BENCH_SCALE=small]: the same, with every system's data on a fresh ext4 (with a journal)
-# made for the run (bench/fresh-fs.sh; root and a loop device): rates that do not depend on the disk's day.
+# made for the run (bench/fresh-fs.sh; root and a loop device): rates that do not depend on the disk's last minutes.
 .PHONY: bench-fresh-fs
 bench-fresh-fs:
 	BENCH_SCALE=$(BENCH_SCALE) PYTHON=$(PYTHON) bench/fresh-fs.sh bench/run.sh

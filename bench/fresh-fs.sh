@@ -3,7 +3,7 @@
 # it: an image file in /var/tmp, made with mkfs.ext4's defaults (a journal), loop-mounted with direct I/O,
 # removed afterwards. Every system's data (spools, Huey's SQLite file, Redis's folder) is then on a disk
 # with no history: on ext4 without a journal a file's create steps over every inode freed in the last
-# twelve hours, so there a run's rates depend on how busy the disk was that day (bench/README.md,
+# minute or so, so there a run's rates depend on what used the disk just before (bench/README.md,
 # "The filesystem"). Needs root and a loop device (Linux).
 #   FRESH_FS_SIZE=8G   the image's size (sparse: it takes what is written)
 #   make bench-fresh-fs [BENCH_SCALE=small]

@@ -88,7 +88,7 @@ def _mount_of(path: Path) -> list[str]:
 
 def fs_type(path: Path) -> str:
     """The type of the filesystem holding `path`; for ext4, whether it keeps a journal (without one, a
-    file's create skips every inode freed in the last hours: see fs_probe)."""
+    file's create skips every inode freed in the last minute or so: see fs_probe)."""
     device, _, kind, _ = _mount_of(path)
     if kind == "ext4":
         task = Path("/sys/fs/ext4") / Path(device).name / "journal_task"
@@ -114,9 +114,10 @@ def fs_probe(root: Path) -> dict[str, float]:
     """What creating a small file costs here, in µs (medians of PROBE_FILES): in a fresh folder, and
     again a second after PROBE_CHURN files were removed from it, as a spool removes its jobs' files.
 
-    On ext4 without a journal a create steps over every inode freed between a second and twelve hours
-    ago (the kernel's `recently_deleted`), so there the second figure, and spoold's rates, depend on how
-    busy the disk was that day; on a journaling filesystem both are alike. The peers make no file per job."""
+    On ext4 without a journal a create steps over every inode freed between a second and a minute ago
+    (six while its inode table block is dirty: the kernel's `recently_deleted`), so there the second
+    figure, and spoold's rates, depend on the disk's last minutes, its own churn included; on a
+    journaling filesystem both are alike. The peers make no file per job."""
     folder = Path(tempfile.mkdtemp(prefix="fs-probe-", dir=root))
     try:
         fresh = _timed_creates(folder, "fresh", PROBE_FILES)

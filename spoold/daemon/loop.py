@@ -149,6 +149,7 @@ class Daemon:
 
     def close(self) -> None:
         self.watcher.stop()
+        self.index.close()
         for running in self.children.values():
             running.child.kill("Interrupted")
         self.limits.release_all()

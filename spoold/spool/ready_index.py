@@ -106,6 +106,12 @@ class ReadyIndex:
         while not self.rescan_step(SCAN_CHUNK) and whole:
             pass
 
+    def close(self) -> None:
+        """Let go of a scan under way (its open folder listing)."""
+        if self.scan is not None:
+            self.scan.close()
+            self.scan = None
+
     def rescan_paced(self) -> bool:
         """Read on for one slice (SCAN_SLICE), if the last slice is SCAN_SHARE behind us: a large backlog's
         scan then takes a tenth of the loop's time from the jobs it has found, whatever one entry costs on
