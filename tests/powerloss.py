@@ -357,6 +357,7 @@ def run_trial(fs: CrashFS, root: Path, seed: int, *, pythonpath: str | None = No
         plan = root / "plan.json"
         plan.write_text(json.dumps(plan_jobs(rng, root, jobs)), encoding="utf-8")
         ids_file = root / "submitted.txt"
+        ids_file.unlink(missing_ok=True)  # appended to: a trial run again in the same folder starts afresh
         with (root / "submitter.out").open("wb") as out:
             submitter = subprocess.Popen([sys.executable, "-c", SUBMITTER, str(plan), str(ids_file), str(config)],
                                          cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
