@@ -59,8 +59,8 @@ def quantile(values: list[float], q: float) -> float:
 
 
 def main() -> int:
+    with_daemon = "--no-daemon" not in sys.argv[1:]
     args = [arg for arg in sys.argv[1:] if arg != "--no-daemon"]
-    with_daemon = len(args) == len(sys.argv) - 1
     isolation = args[0] if len(args) > 0 else "worker"
     durability = args[1] if len(args) > 1 else "fsync"
     jobs = int(args[2]) if len(args) > 2 else 100
