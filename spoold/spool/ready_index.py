@@ -97,8 +97,7 @@ class ReadyIndex:
         goes on (in the order found until it ends); when it ends, the scan's view replaces the index,
         which drops files that left without an event.
         """
-        if self.scan is not None:
-            self.scan.close()  # started over (a folder was replaced): let go of the old listing now
+        self.close()  # a scan started over (a folder was replaced): let go of the old listing now
         if not any(folder.members for folder in self.folders.values()):
             self.scan = _Scan(iter(READY), self.folders, shared=True)
         else:
@@ -147,12 +146,12 @@ class ReadyIndex:
                 except FileNotFoundError:
                     continue
                 except OSError as e:
-                    return self._abandon(scan, e)
+                    return self._abandon(e)
                 scan.entries, scan.close = listing, listing.close
             try:
                 entry = next(scan.entries, None)
             except OSError as e:
-                return self._abandon(scan, e)
+                return self._abandon(e)
             if entry is None:
                 scan.close()
                 scan.entries = None
@@ -164,12 +163,11 @@ class ReadyIndex:
         self._swap_in(scan)
         return True
 
-    def _abandon(self, scan: _Scan, error: OSError) -> bool:
+    def _abandon(self, error: OSError) -> bool:
         """A ready folder cannot be listed (a hung or cut-off network mount: ENOTCONN, EIO): this scan ends
         here and the index keeps what it knew; the next rescan tries again."""
         log.warning("cannot list the ready folders (%s); the next rescan tries again", error)
-        scan.close()
-        self.scan = None
+        self.close()
         return True
 
     def _swap_in(self, scan: _Scan) -> None:
