@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -98,4 +99,32 @@ def test_a_spare_child_killed_while_it_waits_is_replaced_and_no_job_notices(proj
     wait_for(lambda: project.has("done", after), 10, "the next job runs in a fresh child")
     assert project.doc("done", after)["result"]["pid"] != spare
     assert settled_events(project, after, 2) == ["started", "success"]
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_forked_child_reports_its_outcome_on_a_pipe_and_leaves_only_its_output_file(project: Project) -> None:
+    """A fork server's child writes its outcome on a pipe, which the server passes on with the child's
+    end: no result file per job. Its output still has a file of its own, removed with the job; a child
+    killed before it reported is still a crash, and a result larger than a pipe holds arrives whole."""
+    project.configure(workers=1, max_job_bytes=400_000, extra='BlockResultFile = ["handle"]')
+    marker = project.root / "pid"
+    daemon = project.start()
+    (node,) = project.daemon_folders()
+    scratch = Path(tempfile.gettempdir()) / f"spoold-{node.name}"
+    slow = project.submit("Sleep", "handle", ["1.5", str(marker)])
+    wait_for(marker.exists, 10, "the job running")
+    assert sorted(os.listdir(scratch)) == [f"{slow}.out"]
+    big = "y" * 200_000  # three pipe buffers
+    large = project.submit("Echo", "handle", [big])
+    dying = project.submit("KillSelf", "handle", ["my last words"])
+    wait_for(lambda: project.has("done", large) and project.has("failed", dying), 20, "both ended")
+    assert project.doc("done", slow)["result"] == 1.5
+    assert project.doc("done", large)["result"] == [big]
+    doc = project.doc("failed", dying)
+    assert doc["error"]["type"] == "Crashed" and doc["output"].strip() == "my last words"
+    assert os.listdir(scratch) == []
+    blocked = project.submit("BlockResultFile")
+    wait_for(lambda: project.has("done", blocked) or project.has("failed", blocked), 20, "it ended")
+    assert project.doc("done", blocked)["result"] == "reported"
+    assert os.listdir(scratch) == [f"{blocked}.result"]  # the folder the job made, never a file of ours
     assert project.stop(daemon)[0] == 0

@@ -147,12 +147,16 @@ def exit_with_parent(parent: int, prctl: Callable[..., int] | None) -> bool:
     return True
 
 
-def execute(spec: dict[str, Any], *, watch_parent: bool = True) -> None:
-    """Run the job described by `spec`, report its outcome, and exit the process."""
+def execute(spec: dict[str, Any], *, watch_parent: bool = True, report_to: int | None = None) -> None:
+    """Run the job described by `spec`, report its outcome (to the pipe `report_to`, else to the spec's
+    result file), and exit the process."""
     if watch_parent:
         die_with_parent()
     outcome = run(spec)
-    report(Path(spec["result_path"]), outcome)
+    if report_to is not None:  # a fork server's child: the server passes it on with the child's end
+        write_all(report_to, json.dumps(outcome).encode("utf-8"))
+    else:
+        report(Path(spec["result_path"]), outcome)
     sys.stdout.flush()
     sys.stderr.flush()
     # os._exit: threads the job left running must not keep the child (and its slot) alive.

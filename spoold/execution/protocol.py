@@ -7,8 +7,9 @@ when a child or worker runs the job and `{"id", "returncode"}` when it has ended
 that killed it). A worker tells the server its preload report once (`{"preloaded": ...}`), then, for
 each job it finished, `{"report": OUTCOME, "output": TAIL}`, which the server passes on as the `reply`
 of the job's `{"id", "returncode": 0, "reply"}`: a worker's job leaves no file behind. A worker that died
-mid-job is reported with `"out"`, its output file, for the daemon to read. End of the server's stdin
-ends the server.
+mid-job is reported with `"out"`, its output file, for the daemon to read. A child forked per job
+(spares.py) writes its outcome on a pipe of its own, passed on as `{"id", "returncode", "reply":
+{"report": OUTCOME}}`; its output stays in its `out` file. End of the server's stdin ends the server.
 
 Stdlib only, and small: the fork server and every job child it forks load this module.
 """
@@ -52,9 +53,10 @@ def is_worker_reply(line: bytes) -> bool:
     return line.startswith(b'{"report"')
 
 
-def ended_with_reply(job_id: str, reply: bytes) -> bytes:
-    """The server passes a worker's reply line on as it is, not decoded and encoded again."""
-    return b'{"id": %s, "returncode": 0, "reply": %s}\n' % (json.dumps(job_id).encode(), reply)
+def ended_with_reply(job_id: str, reply: bytes, returncode: int = 0) -> bytes:
+    """The server passes a worker's reply line (or a child's outcome) on as it is, not decoded and encoded
+    again."""
+    return b'{"id": %s, "returncode": %d, "reply": %s}\n' % (json.dumps(job_id).encode(), returncode, reply)
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -54,7 +54,11 @@ class Server:
                 code = os.waitstatus_to_exitcode(status)
             except ChildProcessError:
                 code = -signal.SIGKILL
-            send(ended(self.children.pop(pid), code))
+            self.send_end(pid, self.children.pop(pid), code)
+
+    def send_end(self, pid: int, job_id: str, code: int) -> None:
+        """Tell the daemon a child ended (spares.py adds the outcome it sent on its pipe)."""
+        send(ended(job_id, code))
 
     def read_requests(self) -> bool:
         """Start a child for every complete request line; False once the daemon closed our stdin."""
