@@ -102,10 +102,10 @@ def test_a_spare_child_killed_while_it_waits_is_replaced_and_no_job_notices(proj
     assert project.stop(daemon)[0] == 0
 
 
-def test_a_forked_child_reports_its_outcome_on_a_pipe_and_leaves_only_its_output_file(project: Project) -> None:
-    """A fork server's child writes its outcome on a pipe, which the server passes on with the child's
-    end: no result file per job. Its output still has a file of its own, removed with the job; a child
-    killed before it reported is still a crash, and a result larger than a pipe holds arrives whole."""
+def test_a_forked_child_sends_its_output_and_outcome_on_pipes_and_creates_no_file(project: Project) -> None:
+    """A fork server's child writes its output and its outcome on two pipes, which the server passes on
+    with the child's end: no file per job. The output's last 4 KiB are kept; a child killed before it
+    reported is still a crash with what it printed; a result larger than a pipe holds arrives whole."""
     project.configure(workers=1, max_job_bytes=400_000, extra='BlockResultFile = ["handle"]')
     marker = project.root / "pid"
     daemon = project.start()
@@ -113,18 +113,35 @@ def test_a_forked_child_reports_its_outcome_on_a_pipe_and_leaves_only_its_output
     scratch = Path(tempfile.gettempdir()) / f"spoold-{node.name}"
     slow = project.submit("Sleep", "handle", ["1.5", str(marker)])
     wait_for(marker.exists, 10, "the job running")
-    assert sorted(os.listdir(scratch)) == [f"{slow}.out"]
+    assert os.listdir(scratch) == []
     big = "y" * 200_000  # three pipe buffers
     large = project.submit("Echo", "handle", [big])
+    chatty = project.submit("Echo", "shout", ["z" * 9_000 + "end"])
     dying = project.submit("KillSelf", "handle", ["my last words"])
-    wait_for(lambda: project.has("done", large) and project.has("failed", dying), 20, "both ended")
+    wait_for(lambda: project.has("failed", dying), 20, "the last one ended")
     assert project.doc("done", slow)["result"] == 1.5
     assert project.doc("done", large)["result"] == [big]
+    output = project.doc("done", chatty)["output"]
+    assert output.endswith("zzzend\n") and len(output) == 4096
     doc = project.doc("failed", dying)
     assert doc["error"]["type"] == "Crashed" and doc["output"].strip() == "my last words"
-    assert os.listdir(scratch) == []
-    blocked = project.submit("BlockResultFile")
+    blocked = project.submit("BlockResultFile", "handle", [str(scratch)])
     wait_for(lambda: project.has("done", blocked) or project.has("failed", blocked), 20, "it ended")
-    assert project.doc("done", blocked)["result"] == "reported"
+    assert project.doc("done", blocked)["result"] == {"output_is_a_pipe": True}
     assert os.listdir(scratch) == [f"{blocked}.result"]  # the folder the job made, never a file of ours
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_process_a_job_left_behind_may_go_on_writing_its_output(project: Project) -> None:
+    """The output pipe of an ended job is read (and dropped) until its last writer is gone, as a file
+    would take the writes: what the job left running outside its group is not killed by a closed pipe."""
+    project.configure(workers=1, extra='LeaveChatter = ["handle"]')
+    survived = project.root / "survived"
+    daemon = project.start()
+    job_id = project.submit("LeaveChatter", "handle", [str(survived)])
+    wait_for(lambda: project.has("done", job_id), 10, "the job done")
+    after = [project.submit("Echo", "shout", [f"next{n}"]) for n in range(3)]
+    wait_for(lambda: all(project.has("done", each) for each in after), 10, "the jobs after it")
+    assert [project.doc("done", each)["output"] for each in after] == [f"shouting next{n}\n" for n in range(3)]
+    wait_for(survived.exists, 10, "the left-behind process wrote to the end")
     assert project.stop(daemon)[0] == 0

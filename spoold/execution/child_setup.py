@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 from collections.abc import Callable
-from typing import Any
 
 from spoold.execution.child import die_with_parent, exit_with_parent, find_prctl
 
@@ -50,11 +49,3 @@ def redirect_output(fd: int) -> None:
     sys.stderr.flush()
     os.dup2(fd, 1)
     os.dup2(fd, 2)
-
-
-def take_request(request: dict[str, Any]) -> None:
-    """A job's output goes to its `out` file, and its environment gets the job's variables."""
-    out = os.open(request["out"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    redirect_output(out)
-    os.close(out)
-    os.environ.update(request.get("env", {}))

@@ -1,9 +1,11 @@
 """`isolation = "process"` in the fork server: a fresh fork per job, one always forked ahead (the spare).
 
 The spare has made its session and waits on a pipe, so a job starts with one pipe write, and the fork
-for the next job happens while this one runs. A child writes its outcome on a second pipe, which the
-server reads as it comes and passes on with the child's end (`reply`, as a worker's): no result file
-is created, read and removed for each job. Its output still goes to its own file.
+for the next job happens while this one runs. The child's output and its outcome come back on two
+more pipes, which the server reads as they come; it keeps the output's last OUTPUT_TAIL_BYTES and
+passes both on with the child's end (`reply`, as a worker's): a job creates, and the daemon reads and
+removes, no file of its own. A process the job left behind outside its group that still holds the
+output pipe can go on writing: the server reads and drops it until the pipe's last writer is gone.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spoold.execution.child import execute
-from spoold.execution.child_setup import become_job_child, take_request
+from spoold.execution.child_setup import become_job_child, redirect_output
 from spoold.execution.groups import kill_group
 from spoold.execution.preload import Preload, PreloadReport
-from spoold.execution.protocol import ended, ended_with_reply, send, started, write_all
+from spoold.execution.protocol import OUTPUT_TAIL_BYTES, ended, ended_with_reply, send, started, write_all
 from spoold.execution.serverloop import Server
 
 NO_CHILD_EXIT = 70  # EX_SOFTWARE: the set-up failed, or no child would start; the job ends as Crashed
@@ -33,7 +35,7 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _spare(requests: int, reports: int, inherited: list[int], server: int) -> None:
+def _spare(requests: int, output: int, reports: int, inherited: list[int], server: int) -> None:
     """In a forked spare: become a job child, wait for one request and run it. Never returns."""
     try:
         os.close(become_job_child(server, inherited))
@@ -41,7 +43,9 @@ def _spare(requests: int, reports: int, inherited: list[int], server: int) -> No
         if not data:
             os._exit(0)  # the server let this spare go unused
         request = json.loads(data)
-        take_request(request)
+        redirect_output(output)
+        os.close(output)
+        os.environ.update(request.get("env", {}))
         execute(request["spec"], watch_parent=False, report_to=reports)
     finally:
         os._exit(NO_CHILD_EXIT)  # execute() exits itself; reaching here means the set-up failed
@@ -51,8 +55,14 @@ def _spare(requests: int, reports: int, inherited: list[int], server: int) -> No
 class Spare:
     pid: int
     requests: int  # the write end of its request pipe
-    reports: int  # the read end of the pipe its outcome comes on
+    output: int  # the read ends of the pipes its output and its outcome come on
+    reports: int
+    tail: bytearray = field(default_factory=bytearray)  # the end of its output, at most twice OUTPUT_TAIL_BYTES
     report: bytearray = field(default_factory=bytearray)
+
+    @property
+    def fds(self) -> tuple[int, int]:
+        return self.output, self.reports
 
 
 class SpareServer(Server):
@@ -60,7 +70,8 @@ class SpareServer(Server):
         super().__init__()
         self.preload = preload
         self.spare: Spare | None = None
-        self.running: dict[int, Spare] = {}  # pid -> the child running a job, whose outcome is read here
+        self.running: dict[int, Spare] = {}  # pid -> the child running a job, whose output and outcome are read here
+        self.draining: list[int] = []  # output pipes of ended jobs that something the job left still holds
 
     def prepare(self) -> PreloadReport:
         """The bootstrap and the job modules run here, once: every child forked after inherits them."""
@@ -70,19 +81,21 @@ class SpareServer(Server):
 
     def fork_spare(self) -> None:
         read_end, write_end = os.pipe()
+        output_read, output_write = os.pipe()
         reports_read, reports_write = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
         server = os.getpid()
         pid = os.fork()
         if pid == 0:
-            others = [child.reports for child in self.running.values()]
-            _spare(read_end, reports_write, [write_end, reports_read, self.wakeup_read, self.wakeup_write, *others],
-                   server)
-        os.close(read_end)
-        os.close(reports_write)
+            ours = [fd for child in self.running.values() for fd in child.fds] + self.draining
+            _spare(read_end, output_write, reports_write,
+                   [write_end, output_read, reports_read, self.wakeup_read, self.wakeup_write, *ours], server)
+        for fd in (read_end, output_write, reports_write):
+            os.close(fd)
+        os.set_blocking(output_read, False)
         os.set_blocking(reports_read, False)
-        self.spare = Spare(pid, write_end, reports_read)
+        self.spare = Spare(pid, write_end, output_read, reports_read)
 
     def take_spare(self) -> Spare:
         if self.spare is None:
@@ -111,33 +124,43 @@ class SpareServer(Server):
         self.fork_spare()
 
     def watched_fds(self) -> list[int]:
-        return [*super().watched_fds(), *(child.reports for child in self.running.values())]
+        return [*super().watched_fds(), *(fd for child in self.running.values() for fd in child.fds), *self.draining]
 
     def on_readable(self, readable: list[int]) -> None:
         for child in self.running.values():
+            if child.output in readable:
+                _read_output(child)
             if child.reports in readable:
-                _read_report(child)
+                _read_into(child.reports, child.report)
+        for fd in [fd for fd in self.draining if fd in readable]:
+            if _drained(fd):
+                os.close(fd)
+                self.draining.remove(fd)
 
     def send_end(self, pid: int, job_id: str, code: int) -> None:
-        """The child's end, with the outcome it wrote (none if it died before it could: the daemon then
-        records a crash, as it would for a cut-off result file)."""
+        """The child's end, with its output's tail and the outcome it wrote (none if it died before it
+        could: the daemon then records a crash, as it would for a cut-off result file)."""
         child = self.running.pop(pid, None)
         if child is None:
             send(ended(job_id, code))
             return
-        _read_report(child)
+        if _read_output(child):
+            os.close(child.output)
+        else:  # still held open by a process the job left behind
+            self.draining.append(child.output)
+        _read_into(child.reports, child.report)
         os.close(child.reports)
         try:
             outcome = json.loads(child.report) if child.report else None
         except ValueError:  # cut off by a kill mid-write
             outcome = None
-        if isinstance(outcome, dict):
-            write_all(1, ended_with_reply(job_id, b'{"report": %s}' % bytes(child.report), code))
-        else:
-            send(ended(job_id, code))
+        output = json.dumps(bytes(child.tail[-OUTPUT_TAIL_BYTES:]).decode("utf-8", "replace")).encode()
+        report = b', "report": %s' % bytes(child.report) if isinstance(outcome, dict) else b""
+        write_all(1, ended_with_reply(job_id, b'{"output": %s%s}' % (output, report), code))
 
     def forget_spare(self, spare: Spare) -> None:
-        os.close(spare.reports)
+        for fd in spare.fds:
+            os.close(fd)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(spare.pid, signal.SIGKILL)  # it may not lead its own group yet
         kill_group(spare.pid)
@@ -151,8 +174,8 @@ class SpareServer(Server):
             except ChildProcessError:
                 gone = True
             if gone:  # killed from outside while it waited: the next job forks a new one
-                os.close(self.spare.requests)
-                os.close(self.spare.reports)
+                for fd in (self.spare.requests, *self.spare.fds):
+                    os.close(fd)
                 self.spare = None
         super().reap()
 
@@ -162,8 +185,30 @@ class SpareServer(Server):
         super().shutdown()
 
 
-def _read_report(child: Spare) -> None:
-    """What the child has written of its outcome so far: a large result comes in several reads."""
-    with contextlib.suppress(BlockingIOError, OSError):
-        while chunk := os.read(child.reports, 65536):
-            child.report += chunk
+def _read_into(fd: int, buffer: bytearray, *, keep: int | None = None, reads: int = 1 << 30) -> bool:
+    """Append what the pipe `fd` holds now to `buffer` (only its last `keep` bytes kept, at most `reads`
+    reads); True once its writers are all gone (end of file)."""
+    try:
+        for _ in range(reads):
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return True
+            buffer += chunk
+            if keep is not None and len(buffer) > 2 * keep:
+                del buffer[:len(buffer) - keep]
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True
+    return False
+
+
+def _read_output(child: Spare) -> bool:
+    """_read_into for the output, which keeps only its end: a job may print without bound, so a pass
+    reads at most 1 MiB of it and lets the loop go on."""
+    return _read_into(child.output, child.tail, keep=OUTPUT_TAIL_BYTES, reads=16)
+
+
+def _drained(fd: int) -> bool:
+    """Read and drop what an ended job's leftover process wrote; True once no one holds the pipe."""
+    return _read_into(fd, bytearray(), keep=0, reads=16)

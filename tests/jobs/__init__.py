@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -146,10 +147,22 @@ class RecordRun:
 
 
 class BlockResultFile:
-    """Puts a folder where its result file would go (beside its output file, fd 1): a child that still
-    wrote one could not, and would end as a crash (Linux: it finds that file through /proc)."""
+    """Puts a folder where its result file would go, in `scratch`: a child that still wrote one could not,
+    and would end as a crash. Says whether its output goes to a pipe."""
 
-    def handle(self) -> str:
-        out = os.readlink("/proc/self/fd/1")
-        os.mkdir(out.removesuffix(".out") + ".result")
-        return "reported"
+    def handle(self, scratch: str) -> dict[str, bool]:
+        os.mkdir(os.path.join(scratch, os.environ["SPOOLD_JOB_ID"] + ".result"))
+        return {"output_is_a_pipe": stat.S_ISFIFO(os.fstat(1).st_mode)}
+
+
+class LeaveChatter:
+    """Starts a process in a session of its own (so it outlives the job's group) that goes on printing to
+    the job's output after the job ended, then writes `done_file`; returns at once."""
+
+    def handle(self, done_file: str, seconds: str = "1.5") -> int:
+        script = ("import sys, time, pathlib\n"
+                  f"end = time.time() + {float(seconds)}\n"
+                  "while time.time() < end:\n"
+                  "    print('still here', flush=True); time.sleep(0.02)\n"
+                  f"pathlib.Path({done_file!r}).write_text('survived')\n")
+        return subprocess.Popen([sys.executable, "-c", script], start_new_session=True).pid
