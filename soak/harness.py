@@ -191,8 +191,13 @@ class SoakProject(Project):
         return proc
 
     def held_by(self, proc: subprocess.Popen[str]) -> set[str]:
+        """The ids in the daemon's running/ folder: its claims, and the ones it is moving out (seized,
+        design H3), which recovery takes back as well if it dies before their commit is done."""
         folder = self.folder_of(proc)
-        return {name[: -len(".json")] for name in os.listdir(folder) if is_job_file(name)} if folder else set()
+        if folder is None:
+            return set()
+        names = [name if is_job_file(name) else unseized_name(name) for name in os.listdir(folder)]
+        return {name[: -len(".json")] for name in names if name is not None}
 
     def crash(self, proc: subprocess.Popen[str], *, holding_within: float = 10.0) -> set[str]:
         """SIGKILL a daemon, once it holds a job (or after `holding_within` seconds); returns the ids in its
