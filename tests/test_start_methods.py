@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import Project, process_gone, read_pid, settled_events, wait_for
 
+from spoold.execution.spares import keep_draining
+
 
 def _parent_name(pid: int) -> str:
     return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
@@ -145,3 +147,21 @@ def test_a_process_a_job_left_behind_may_go_on_writing_its_output(project: Proje
     assert [project.doc("done", each)["output"] for each in after] == [f"shouting next{n}\n" for n in range(3)]
     wait_for(survived.exists, 10, "the left-behind process wrote to the end")
     assert project.stop(daemon)[0] == 0
+
+
+def test_the_server_keeps_at_most_drain_limit_left_behind_pipes_open_closing_the_oldest() -> None:
+    """A job that leaves a process behind holding its output costs the server one open pipe; past
+    DRAIN_LIMIT of them the oldest is closed, so such jobs cannot run the server out of descriptors."""
+    pipes = [os.pipe() for _ in range(5)]
+    draining: list[int] = []
+    try:
+        for read_end, _ in pipes:
+            keep_draining(draining, read_end, limit=3)
+        assert draining == [read_end for read_end, _ in pipes[2:]]
+        for _, write_end in pipes[:2]:  # closed: its writer now gets EPIPE, as with no drain at all
+            with pytest.raises(BrokenPipeError):
+                os.write(write_end, b"x")
+        os.write(pipes[2][1], b"still read")
+    finally:
+        for fd in [*draining, *(write_end for _, write_end in pipes)]:
+            os.close(fd)

@@ -5,7 +5,8 @@ for the next job happens while this one runs. The child's output and its outcome
 more pipes, which the server reads as they come; it keeps the output's last OUTPUT_TAIL_BYTES and
 passes both on with the child's end (`reply`, as a worker's): a job creates, and the daemon reads and
 removes, no file of its own. A process the job left behind outside its group that still holds the
-output pipe can go on writing: the server reads and drops it until the pipe's last writer is gone.
+output pipe can go on writing: the server reads and drops it until the pipe's last writer is gone
+(for at most DRAIN_LIMIT such pipes at once).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from spoold.execution.protocol import OUTPUT_TAIL_BYTES, ended, ended_with_reply
 from spoold.execution.serverloop import Server
 
 NO_CHILD_EXIT = 70  # EX_SOFTWARE: the set-up failed, or no child would start; the job ends as Crashed
+# Output pipes of ended jobs kept open for what they left behind: beyond these the oldest is closed (its
+# writer then gets EPIPE), so jobs that each leave a process behind cannot run the server out of fds.
+DRAIN_LIMIT = 64
 
 
 def _read_all(fd: int) -> bytes:
@@ -147,7 +151,7 @@ class SpareServer(Server):
         if _read_output(child):
             os.close(child.output)
         else:  # still held open by a process the job left behind
-            self.draining.append(child.output)
+            keep_draining(self.draining, child.output)
         _read_into(child.reports, child.report)
         os.close(child.reports)
         try:
@@ -207,6 +211,13 @@ def _read_output(child: Spare) -> bool:
     """_read_into for the output, which keeps only its end: a job may print without bound, so a pass
     reads at most 1 MiB of it and lets the loop go on."""
     return _read_into(child.output, child.tail, keep=OUTPUT_TAIL_BYTES, reads=16)
+
+
+def keep_draining(draining: list[int], fd: int, limit: int = DRAIN_LIMIT) -> None:
+    """Keep `fd` among the pipes read until their writers are gone, closing the oldest beyond `limit`."""
+    draining.append(fd)
+    while len(draining) > limit:
+        os.close(draining.pop(0))
 
 
 def _drained(fd: int) -> bool:
