@@ -46,7 +46,7 @@ class ChildProcess:
     killed_for: str | None = None
     spec_written: bool = False  # spawn passes the spec as a file, the fork server in its request
     exited: threading.Event = field(default_factory=threading.Event)
-    reply: dict[str, Any] | None = None  # sent with its end: a worker's outcome and output, a child's outcome
+    reply: dict[str, Any] | None = None  # its outcome and output, sent with its end by a worker or the fork server
     output_file: Path | None = None  # where a worker that died mid-job had its output, instead of STEM.out
 
     def scratch_file(self, suffix: str) -> Path:
@@ -61,15 +61,11 @@ class ChildProcess:
     def outcome(self) -> Outcome:
         """Read what the child reported; call once it has exited."""
         duration_ms = int((time.monotonic() - self.started) * 1000)
-        reply = self.reply
-        if reply is not None and "output" in reply:  # a worker's: its output came with it
-            output = str(reply["output"] or "")
+        if self.reply is not None:
+            output, report = self.reply.get("output"), self.reply.get("report")
+            output, reported = str(output or ""), report if isinstance(report, dict) else None
         else:
             output = _tail(self.output_file or self.scratch_file(".out"))
-        if reply is not None:  # a worker's, or a fork server child's outcome that came on its pipe
-            report = reply.get("report")
-            reported = report if isinstance(report, dict) else None
-        else:
             reported = _read_json(self.scratch_file(".result"))
         code = self.returncode
         if self.killed_for == "Timeout":
@@ -92,10 +88,9 @@ class ChildProcess:
         return outcome
 
     def cleanup(self) -> None:
-        if self.reply is not None and "output" in self.reply:
-            return  # a worker's job wrote no file of its own
-        suffixes = (".out",) if self.reply is not None else (".out", ".result", ".spec")[:3 if self.spec_written else 2]
-        files = [self.scratch_file(suffix) for suffix in suffixes]
+        if self.reply is not None:
+            return  # a worker's job, or a child forked per job, wrote no file of its own
+        files = [self.scratch_file(suffix) for suffix in (".out", ".result", ".spec")[:3 if self.spec_written else 2]]
         for path in [*files, *([self.output_file] if self.output_file else [])]:
             with contextlib.suppress(OSError):
                 os.unlink(path)

@@ -8,8 +8,9 @@ that killed it). A worker tells the server its preload report once (`{"preloaded
 each job it finished, `{"report": OUTCOME, "output": TAIL}`, which the server passes on as the `reply`
 of the job's `{"id", "returncode": 0, "reply"}`: a worker's job leaves no file behind. A worker that died
 mid-job is reported with `"out"`, its output file, for the daemon to read. A child forked per job
-(spares.py) writes its outcome on a pipe of its own, passed on as `{"id", "returncode", "reply":
-{"report": OUTCOME}}`; its output stays in its `out` file. End of the server's stdin ends the server.
+(spares.py) writes its output and its outcome on two pipes of its own, passed on as `{"id",
+"returncode", "reply": {"output": TAIL, "report": OUTCOME}}` ("report" absent if it died before it
+wrote one). End of the server's stdin ends the server.
 
 Stdlib only, and small: the fork server and every job child it forks load this module.
 """
