@@ -55,8 +55,8 @@ def is_worker_reply(line: bytes) -> bool:
 
 
 def ended_with_reply(job_id: str, reply: bytes, returncode: int = 0) -> bytes:
-    """The server passes a worker's reply line (or a child's outcome) on as it is, not decoded and encoded
-    again."""
+    """A worker's reply line, passed on as it is (not decoded and encoded again), or the reply the server
+    builds from a forked child's pipes."""
     return b'{"id": %s, "returncode": %d, "reply": %s}\n' % (json.dumps(job_id).encode(), returncode, reply)
 
 

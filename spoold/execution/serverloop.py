@@ -57,7 +57,7 @@ class Server:
             self.send_end(pid, self.children.pop(pid), code)
 
     def send_end(self, pid: int, job_id: str, code: int) -> None:
-        """Tell the daemon a child ended (spares.py adds the outcome it sent on its pipe)."""
+        """Tell the daemon a child ended (spares.py adds the output and outcome it sent on its pipes)."""
         send(ended(job_id, code))
 
     def read_requests(self) -> bool:

@@ -12,6 +12,7 @@ output pipe can go on writing: the server reads and drops it until the pipe's la
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -189,11 +190,11 @@ class SpareServer(Server):
         super().shutdown()
 
 
-def _read_into(fd: int, buffer: bytearray, *, keep: int | None = None, reads: int = 1 << 30) -> bool:
+def _read_into(fd: int, buffer: bytearray, *, keep: int | None = None, reads: int | None = None) -> bool:
     """Append what the pipe `fd` holds now to `buffer` (only its last `keep` bytes kept, at most `reads`
     reads); True once its writers are all gone (end of file)."""
     try:
-        for _ in range(reads):
+        for _ in itertools.repeat(None) if reads is None else range(reads):
             chunk = os.read(fd, 65536)
             if not chunk:
                 return True
