@@ -6,8 +6,9 @@
 Each repeat drains JOBS no-op jobs once with REV's `spoold` package (checked out into a temporary
 folder, put first on the project's PYTHONPATH) and once with the working tree's, so both see the same
 machine at nearly the same moment; a shared machine's noise then shows as spread, not as a difference.
-Prints jobs/s (start-up included) and CPU ms per job of the daemon (all its threads, and its main
-thread alone) and of every process, as bench/profile.py's accounting reads them from /proc. Linux only.
+Prints jobs/s (start-up included) and CPU ms per job of the daemon (all its threads and its blank-file
+helper process, and its main thread alone) and of every process, as bench/profile.py's accounting reads
+them from /proc. Linux only.
 """
 
 from __future__ import annotations

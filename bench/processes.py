@@ -117,6 +117,23 @@ def pid_cpu_seconds(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def own_cpu_seconds(pid: int) -> float:
+    """pid_cpu_seconds, plus its helper processes that do the daemon's own work (spoold's blank-file
+    helper, spoold/spool/blanks.py: the creates of its commits), read while they run."""
+    total = pid_cpu_seconds(pid)
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return total
+    for child in children:
+        try:
+            if b"spool/blanks.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                total += pid_cpu_seconds(int(child))
+        except OSError:
+            continue
+    return total
+
+
 def exited(proc: subprocess.Popen[bytes]) -> bool:
     """True once `proc` has ended, without reaping it (waitid WNOWAIT): its /proc/PID/stat still holds
     its final CPU times until Popen reaps it."""
@@ -144,9 +161,10 @@ class Monitor:
 
     daemon peak = the largest VmHWM of the main processes (the daemon / consumer / each RQ worker);
     all peak = the largest sum of VmRSS over the main processes, their descendants and `extra` (redis).
-    daemon CPU = the sum of the main processes' own user+sys (their threads; children, the fork server
-    and worker processes excluded): over their life, last read when each had exited and was not reaped
-    yet (wait_lines and wait_exit never reap), else at the last sample (a process stopped by a signal);
+    daemon CPU = the sum of the main processes' own user+sys (their threads, and spoold's blank-file
+    helper, own_cpu_seconds; other children, the fork server and worker processes excluded): over their
+    life, last read when each had exited and was not reaped yet (wait_lines and wait_exit never reap),
+    else at the last sample (a process stopped by a signal);
     and per job, between the first record lines and the last (daemon_cpu_per_job_s).
     """
 
@@ -186,7 +204,7 @@ class Monitor:
         for pid in self.main_pids:
             if pid not in self.final_cpu:
                 self.hwm_kb[pid] = max(self.hwm_kb[pid], vm_kb(pid, "VmHWM:"))
-                self.own_cpu_s[pid] = max(self.own_cpu_s[pid], pid_cpu_seconds(pid))
+                self.own_cpu_s[pid] = max(self.own_cpu_s[pid], own_cpu_seconds(pid))
         now = time.monotonic()
         if now < self._next_tree:
             return
@@ -215,7 +233,7 @@ class Monitor:
             self.sample()
             count = self.lines()
             if (count and not self.cpu_marks) or (count >= expected and len(self.cpu_marks) == 1):
-                self.cpu_marks.append((count, sum(pid_cpu_seconds(pid) for pid in self.main_pids)))
+                self.cpu_marks.append((count, sum(own_cpu_seconds(pid) for pid in self.main_pids)))
             if count >= expected:
                 return "ok"
             if procs and all(self.ended(p) for p in procs):

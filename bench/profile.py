@@ -56,12 +56,18 @@ def accounting_run(root: Path, config: Path, jobs: int) -> dict[str, float]:
                             env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.DEVNULL)
     threads: dict[str, int] = {}  # the last reading of each, so an exited one still counts
     server: dict[str, tuple[int, int]] = {}
+    helper: dict[str, int] = {}
     live: dict[str, int] = {}  # the server's children alive at the last look (long-lived workers): own ticks
     while proc.poll() is None:
         try:
             for task in os.listdir(f"/proc/{proc.pid}/task"):
                 threads[task] = cpu_ticks(proc.pid, task)[0]
             for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
+                if child not in helper and b"blanks.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                    helper[child] = 0
+                if child in helper:  # the daemon's blank-file helper (spoold/spool/blanks.py): the daemon's work
+                    helper[child] = cpu_ticks(int(child))[0]
+                    continue
                 server[child] = cpu_ticks(int(child))
                 kids = Path(f"/proc/{child}/task/{child}/children").read_text().split()
                 live = {kid: cpu_ticks(int(kid))[0] for kid in kids if Path(f"/proc/{kid}").exists()}
@@ -76,6 +82,8 @@ def accounting_run(root: Path, config: Path, jobs: int) -> dict[str, float]:
     own = sum(own for own, _ in server.values())
     children = sum(kids for _, kids in server.values()) + sum(live.values())  # reaped ones, then the rest
     result["fork server (its own work, the forks)"] = own * TICK_MS / jobs
+    if helper:
+        result["daemon: its blank-file helper process"] = sum(helper.values()) * TICK_MS / jobs
     result["job children (all of them)"] = children * TICK_MS / jobs
     return result
 

@@ -60,7 +60,7 @@ class Committer:
     def __init__(self, mover: Mover, on_written: Callable[[Finished, Path], None], wake: Callable[[], None]) -> None:
         self.mover = mover  # the loop's Mover; the thread has its own (its stale list is its own)
         self.thread_mover = Mover(mover.paths, durable=mover.durable, may_act=mover.may_act, claims=mover.claims,
-                                  reaper=mover.reaper)
+                                  reaper=mover.reaper, blanks=mover.blanks)
         self.on_written = on_written
         self.wake = wake
         self.inbox: queue.SimpleQueue[Finished | None] = queue.SimpleQueue()

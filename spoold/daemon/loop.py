@@ -29,6 +29,7 @@ from spoold.job import JobStatus
 from spoold.logs import EventLog
 from spoold.outcomes import Settled, iso, make_ready, ready_folder
 from spoold.paths import READY, Folder, SpoolPaths
+from spoold.spool.blanks import Blanks
 from spoold.spool.intake import Claim, Deferred, Intake
 from spoold.spool.limits import Limits
 from spoold.spool.moves import Mover
@@ -114,8 +115,9 @@ class Daemon:
         self.scratch = scratch_folder(node.id)
         self.events = EventLog(config.log_dir, log_format=config.log_format)
         self.reaper = Reaper(node.folder)
+        self.blanks = Blanks(self.paths.tmp, node.id)
         self.mover = Mover(self.paths, durable=config.durability == "fsync", may_act=node.heartbeat.ok,
-                           reaper=self.reaper)
+                           reaper=self.reaper, blanks=self.blanks)
         self.waker = Waker()
         self.committer = Committer(self.mover, self.written, self.waker.wake)
         self.runs = Runs(node.id, self.scratch, launcher, self.events)
@@ -135,6 +137,7 @@ class Daemon:
         signals.wake = self.waker.wake
         self.grace_deadline: float | None = None
         self.next_rescan = 0.0
+        self.readable: set[int] | None = None  # the fds the loop's last sleep found readable (Waker.sleep)
         self.next_retention = 0.0
         self.hold_claims_until = 0.0  # a claim or a child start failed: claim nothing before then
         self.loop_thread = threading.get_ident()  # the daemon is built in the thread that runs it
@@ -143,6 +146,7 @@ class Daemon:
 
     def start_threads(self) -> None:
         self.committer.start()
+        self.blanks.start()
         if self.config.file_events:
             self.watcher.start(inline=True)
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)
@@ -155,6 +159,7 @@ class Daemon:
         self.limits.release_all()
         self.committer.stop()  # what it holds is written (or left claimed, for recovery) before we go
         self.reaper.close()  # committed claims' copies gone, so the node's folder can go
+        self.blanks.close()  # after the committer: it may take blanks until it stops
         self.launcher.close()
         self.waker.close()
         self.events.close()
@@ -177,7 +182,7 @@ class Daemon:
                         continue
                 if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
-                self.waker.sleep(self.sleep_seconds(time.time()), self.wake_fds())
+                self.readable = self.waker.sleep(self.sleep_seconds(time.time()), self.wake_fds())
         finally:
             self.close()
         if self.node.heartbeat.fenced:
@@ -201,8 +206,11 @@ class Daemon:
 
     def loop_once(self, now: float) -> None:
         self.act_on_signals(now)
-        self.launcher.pump()  # the fork server's news: children started and ended
-        self.watcher.pump()  # the kernel's file events, when the loop reads them itself
+        readable, self.readable = self.readable, None  # what the last sleep found readable; None: not known
+        if readable is None or self.launcher.fileno() in readable:
+            self.launcher.pump()  # the fork server's news: children started and ended
+        if readable is None or self.watcher.fileno() in readable:
+            self.watcher.pump(readable=readable is not None)  # the kernel's file events, when the loop reads them
         self.collect_finished(now)
         self.committer.collect(now)
         self.committer.retry_due(now, self.config)

@@ -85,9 +85,10 @@ class LoopInotify:
         if wd is not None:
             self.inotify.remove_callbacks([(wd, id(self))])
 
-    def pump(self) -> None:
-        """Hand over what the kernel has, without blocking (watchdog's read blocks on an empty queue)."""
-        if not select.select([self.fileno()], [], [], 0)[0]:
+    def pump(self, *, readable: bool = False) -> None:
+        """Hand over what the kernel has, without blocking (watchdog's read blocks on an empty queue).
+        `readable`: the caller's select just found the fd readable; the loop is its only reader."""
+        if not readable and not select.select([self.fileno()], [], [], 0)[0]:
             return
         for event in self.inotify.read_events():
             self.inotify.handle_event(event)

@@ -69,16 +69,16 @@ class Waker:
         with contextlib.suppress(OSError):  # BlockingIOError: already awake; OSError: closing
             self._write.send(b"\0")
 
-    def sleep(self, timeout: float, also: Iterable[int | None] = ()) -> None:
+    def sleep(self, timeout: float, also: Iterable[int | None] = ()) -> set[int]:
         """Until woken, or one of `also` (fds: the fork server's messages, the kernel's file events) is
-        readable, or `timeout`."""
-        fds = [self._read.fileno(), *(fd for fd in also if fd is not None)]
-        select.select(fds, [], [], max(0.0, timeout))
-        try:
-            while self._read.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+        readable, or `timeout`. Returns which of `also` are readable, so the caller reads only those."""
+        own = self._read.fileno()
+        readable = set(select.select([own, *(fd for fd in also if fd is not None)], [], [], max(0.0, timeout))[0])
+        if own in readable:  # one read: wake-ups left over keep it readable, for the next sleep to return at once
+            readable.discard(own)
+            with contextlib.suppress(OSError):  # BlockingIOError: someone else's wake-up was already read
+                self._read.recv(4096)
+        return readable
 
     def close(self) -> None:
         self._read.close()
@@ -249,11 +249,12 @@ class Watcher:
         """The fd the loop waits on for file events when it reads them itself, else None."""
         return self.inline.fileno() if self.inline is not None else None
 
-    def pump(self) -> None:
-        """Take the kernel's events into the hints, without blocking (inline only)."""
+    def pump(self, *, readable: bool = False) -> None:
+        """Take the kernel's events into the hints, without blocking (inline only). `readable`: the caller's
+        select found fileno() readable, so there is something to read."""
         if self.inline is not None:
             try:
-                self.inline.pump()
+                self.inline.pump(readable=readable)
             except OSError as e:  # an inotify read error: events are hints, the rescan is the truth
                 log.warning("cannot read file events (%s); renewing the watches", e)
                 self.hints.replaced.update(str(folder) for folder in self.watched())

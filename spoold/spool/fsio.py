@@ -14,6 +14,7 @@ from pathlib import Path
 
 from spoold.errors import NameTaken
 from spoold.paths import fsync_dir as fsync_dir  # defined in paths, which makes the folders; used here by every move
+from spoold.spool.blanks import Blanks
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +38,14 @@ def write_tmp(tmp_dir: Path, data: bytes, *, durable: bool = True, prefix: str =
     return path
 
 
-def _stage(tmp_dir: Path, data: bytes, prefix: str = "") -> tuple[Path, int]:
-    """A fresh file in tmp/ (O_EXCL) holding `data`, still open: (its path, its fd)."""
-    path = tmp_dir / f".{prefix}{secrets.token_hex(8)}.part"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+def _stage(tmp_dir: Path, data: bytes, prefix: str = "", blanks: Blanks | None = None) -> tuple[Path, int]:
+    """A fresh file in tmp/ (O_EXCL, or the next of `blanks`, made ahead) holding `data`, still open:
+    (its path, its fd)."""
+    if (blank := blanks.take() if blanks is not None else None) is not None:
+        path, fd = blank
+    else:
+        path = tmp_dir / f".{prefix}{secrets.token_hex(8)}.part"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
     try:
         view = memoryview(data)
         while view:
@@ -72,13 +77,13 @@ def _fsync_together(fds: Sequence[int]) -> list[OSError | None]:
 
 
 def _stage_all(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], results: list[OSError | None], *,
-               durable: bool) -> list[tuple[int, Path, Path]]:
+               durable: bool, blanks: Blanks | None) -> list[tuple[int, Path, Path]]:
     """Stage each file in tmp/, fsynced together; the ones staged (a failure is noted in `results`)."""
     opened: list[tuple[int, Path, Path, int]] = []
     try:
         for index, (data, dst) in enumerate(files):
             try:
-                path, fd = _stage(tmp_dir, data)
+                path, fd = _stage(tmp_dir, data, blanks=blanks)
             except OSError as e:
                 results[index] = e
                 continue
@@ -187,21 +192,22 @@ def remove_source(src: Path, dst: Path) -> bool:
 
 
 def publish(tmp_dir: Path, data: bytes, dst: Path, *, durable: bool = True,
-            before_link: Callable[[], None] | None = None) -> None:
+            before_link: Callable[[], None] | None = None, blanks: Blanks | None = None) -> None:
     """Write `data` as the new file `dst`: staged in tmp/, fsynced, then moved in without replacing."""
-    (error,) = publish_many(tmp_dir, [(data, dst)], durable=durable, before_link=before_link)
+    (error,) = publish_many(tmp_dir, [(data, dst)], durable=durable, before_link=before_link, blanks=blanks)
     if error is not None:
         raise error
 
 
 def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable: bool = True,
-                 before_link: Callable[[], None] | None = None) -> list[OSError | None]:
+                 before_link: Callable[[], None] | None = None, blanks: Blanks | None = None) -> list[OSError | None]:
     """publish() for files written together (group commit): each is staged and fsynced, all are linked
     in, each target folder is fsynced once (a failed fsync undoes its links), then the staged copies go.
-    `before_link` runs once all are staged, before the first link (what must be durable before them).
+    `before_link` runs once all are staged, before the first link (what must be durable before them);
+    `blanks`: a daemon's files made ahead, staged into instead of new ones.
     Per file: None once it is durable in place, or the error that left it out (NameTaken: name taken)."""
     results: list[OSError | None] = [None] * len(files)
-    staged = _stage_all(tmp_dir, files, results, durable=durable)  # (index, staged, dst)
+    staged = _stage_all(tmp_dir, files, results, durable=durable, blanks=blanks)  # (index, staged, dst)
     if before_link is not None and staged:
         try:
             before_link()

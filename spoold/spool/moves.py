@@ -16,6 +16,7 @@ from pathlib import Path
 from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
+from spoold.spool.blanks import Blanks
 from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, renamed_from, write_tmp
 from spoold.spool.reaper import Drop, Reaper, remove_committed_copy
 
@@ -54,6 +55,7 @@ class Mover:
     they are removed later, never committed again. `may_act` is the node's lease (lease.Heartbeat.ok):
     once it says no, no claim is moved any more. `claims`: this node's claims not yet fsynced, made
     durable before any commit (ClaimLog). `reaper`: if set, a commit's last unlink is left to its thread.
+    `blanks`: if set, a commit stages its new version in one of these files made ahead (spool/blanks.py).
     """
 
     paths: SpoolPaths
@@ -62,6 +64,7 @@ class Mover:
     may_act: Callable[[], bool] = field(default=lambda: True)
     claims: ClaimLog = field(default_factory=ClaimLog)
     reaper: Reaper | None = None
+    blanks: Blanks | None = None
 
     def seize(self, claimed: Path) -> Path:
         """The decisive step of every move out of our claim: one rename to a hidden name in our folder.
@@ -120,12 +123,14 @@ class Mover:
         target = self.paths.job_file(folder, job.id)
         before_link = self._claims_synced(claimed_in)
         try:
-            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link)
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link,
+                    blanks=self.blanks)
         except NameTaken:
             job.doc.setdefault("source_name", job.id + JOB_SUFFIX)
             job.id = new_job_id()
             target = self.paths.job_file(folder, job.id)
-            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link)
+            publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link,
+                    blanks=self.blanks)
         return target
 
     def _claims_synced(self, node_folder: Path | None) -> Callable[[], None] | None:
@@ -196,7 +201,7 @@ class Mover:
         present = list(seized)
         targets = {index: self.paths.job_file(items[index][2], items[index][0].id) for index in present}
         errors = publish_many(self.paths.tmp, [(dump_job(items[index][0]), targets[index]) for index in present],
-                              durable=self.durable,
+                              durable=self.durable, blanks=self.blanks,
                               before_link=self._claims_synced(seized[present[0]].parent if present else None))
         for index, error in zip(present, errors, strict=True):
             job, claimed, folder = items[index]

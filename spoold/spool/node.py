@@ -22,7 +22,8 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from spoold.paths import SpoolPaths, is_job_name, unseized_name
+from spoold.paths import Folder, SpoolPaths, is_job_name, unseized_name
+from spoold.spool.blanks import remove_left
 from spoold.spool.fsio import fsync_dir
 from spoold.spool.lease import Heartbeat, write_heartbeat
 
@@ -244,8 +245,10 @@ def other_nodes(paths: SpoolPaths, own_id: str) -> list[Path]:
 
 
 def remove_dead_folder(folder: Path, lock: FileLock) -> None:
-    """Drop an emptied dead daemon's folder (and its scratch); its lock goes last, with the folder."""
+    """Drop an emptied dead daemon's folder (and its scratch, and its blanks in tmp/); its lock goes last,
+    with the folder."""
     shutil.rmtree(scratch_folder(folder.name), ignore_errors=True)
+    remove_left(folder.parent.parent / Folder.TMP, folder.name)  # running/NODE -> the spool's tmp/
     try:
         if not any(is_job_name(name) or unseized_name(name) for name in os.listdir(folder)):
             shutil.rmtree(folder)

@@ -1,0 +1,119 @@
+"""Commit files made ahead by a daemon's helper process (spoold/spool/blanks.py; docs/design.md, P7)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Project, child_pids, process_gone, wait_for
+
+from spoold.spool.blanks import AHEAD, Blanks, prefix_of
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the helper in /proc")
+
+
+def blanks_of(tmp: Path, node_id: str) -> dict[int, Path]:
+    """The node's blanks in tmp/, by number."""
+    prefix = prefix_of(node_id)
+    return {int(p.name[len(prefix):-len(".part")]): p for p in tmp.iterdir() if p.name.startswith(prefix)}
+
+
+def helper_pid(daemon_pid: int) -> int:
+    def find() -> int | None:
+        for pid in child_pids(daemon_pid):
+            try:
+                if b"blanks.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    return pid
+            except OSError:
+                continue
+        return None
+    found: int = wait_for(find, 10, "the daemon's blank-file helper")
+    return found
+
+
+def test_blanks_are_made_once_asked_for_taken_in_order_and_the_rest_removed_at_close(tmp_path: Path) -> None:
+    blanks = Blanks(tmp_path, "node-1")
+    blanks.start()
+    try:
+        assert blanks.take() is None  # none asked for yet: this take asks, the caller makes its own file
+        wait_for(lambda: len(blanks_of(tmp_path, "node-1")) == AHEAD, 10, f"{AHEAD} blanks")
+        assert all(path.stat().st_size == 0 for path in blanks_of(tmp_path, "node-1").values())
+        for number in range(AHEAD // 2 + 1):
+            taken = blanks.take()
+            assert taken is not None
+            path, fd = taken
+            os.close(fd)
+            assert path == blanks_of(tmp_path, "node-1")[number]
+            path.unlink()  # what a commit does once it has linked the file in
+        wait_for(lambda: max(blanks_of(tmp_path, "node-1")) >= AHEAD // 2 + AHEAD, 10, "asked again beyond the half")
+    finally:
+        blanks.close()
+    assert blanks_of(tmp_path, "node-1") == {}
+    assert blanks.take() is None  # closed: commits make their own files
+
+
+def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops(project: Project) -> None:
+    daemon = project.start()
+    node = project.daemon_folders()[0].name
+    tmp = project.spool / "tmp"
+    first = project.submit("Echo", "handle", ["first"])
+    wait_for(lambda: project.has("done", first), 10, "the first job done")
+    wait_for(lambda: len(blanks_of(tmp, node)) == AHEAD, 10, "blanks made after the first commit")
+    following = min(blanks_of(tmp, node))
+    inode = blanks_of(tmp, node)[following].stat().st_ino
+    second = project.submit("Echo", "handle", ["second"])
+    wait_for(lambda: project.has("done", second), 10, "the second job done")
+    done = project.spool / "done" / f"{second}.json"
+    assert done.stat().st_ino == inode and done.stat().st_nlink == 1  # that very file, its tmp/ name gone
+    assert project.doc("done", second)["result"] == ["second"]
+    ids = [project.submit("Echo", "handle", [n]) for n in range(100)]
+    wait_for(lambda: all(project.has("done", job_id) for job_id in ids), 30, "100 jobs done")
+    assert min(blanks_of(tmp, node)) > following + 50, "most commits wrote into blanks"
+    code, out = project.stop(daemon)
+    assert code == 0, out
+    assert blanks_of(tmp, node) == {} and os.listdir(tmp) == []
+    assert project.log_lines(errors=True) == []
+
+
+def started_with_blanks(project: Project) -> tuple[subprocess.Popen[str], str, Path]:
+    """A daemon that has committed one job, so that its helper has made its blanks: (it, its id, tmp/)."""
+    daemon = project.start()
+    node = project.daemon_folders()[0].name
+    tmp = project.spool / "tmp"
+    job_id = project.submit("Echo")
+    wait_for(lambda: project.has("done", job_id), 10, "a job done")
+    wait_for(lambda: len(blanks_of(tmp, node)) == AHEAD, 10, "blanks made")
+    return daemon, node, tmp
+
+
+def test_a_killed_daemons_blanks_go_with_its_folder_and_its_helper_ends(project: Project) -> None:
+    victim, node, tmp = started_with_blanks(project)
+    helper = helper_pid(victim.pid)
+    os.kill(victim.pid, signal.SIGKILL)  # the daemon alone: its helper sees its input end
+    victim.wait(timeout=10)
+    wait_for(lambda: process_gone(helper), 10, "the helper ended with its daemon")
+    assert len(blanks_of(tmp, node)) == AHEAD  # left behind, until the dead daemon's folder is removed
+    survivor = project.start()
+    wait_for(lambda: not (project.spool / "running" / node).exists(), 20, "the dead daemon's folder removed")
+    assert blanks_of(tmp, node) == {}
+    later = project.submit("Echo")
+    wait_for(lambda: project.has("done", later), 10, "a job after the recovery")
+    assert project.stop(survivor)[0] == 0
+
+
+def test_a_daemon_whose_helper_died_makes_its_own_files_and_loses_nothing(project: Project) -> None:
+    daemon, _, tmp = started_with_blanks(project)
+    helper = helper_pid(daemon.pid)
+    os.kill(helper, signal.SIGKILL)
+    wait_for(lambda: process_gone(helper), 10, "the helper gone")
+    ids = [project.submit("Echo", "handle", [n]) for n in range(AHEAD + 20)]  # more than its blanks
+    wait_for(lambda: all(project.has("done", i) for i in ids), 30, "every job done")
+    assert all(project.doc("done", i)["result"] == [n] for n, i in enumerate(ids))
+    code, out = project.stop(daemon)
+    assert code == 0, out
+    assert "the helper that makes commit files ahead ended" in out
+    assert os.listdir(tmp) == []  # the blanks it made before it died are removed too
