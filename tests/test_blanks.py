@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,24 +23,25 @@ def blanks_of(tmp: Path, node_id: str) -> dict[int, Path]:
     return {int(p.name[len(prefix):-len(".part")]): p for p in tmp.iterdir() if p.name.startswith(prefix)}
 
 
-def helper_pid(daemon_pid: int) -> int:
-    def find() -> int | None:
-        for pid in child_pids(daemon_pid):
-            try:
-                if b"blanks.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                    return pid
-            except OSError:
-                continue
-        return None
-    found: int = wait_for(find, 10, "the daemon's blank-file helper")
+def helpers(daemon_pid: int) -> list[int]:
+    """The daemon's blank-file helper processes (one at most), from /proc."""
+    found = []
+    for pid in child_pids(daemon_pid):
+        with contextlib.suppress(OSError):  # a job's child may end between the listing and the read
+            if b"spool/blanks.py" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
     return found
+
+
+def helper_pid(daemon_pid: int) -> int:
+    (found,) = wait_for(lambda: helpers(daemon_pid), 10, "the daemon's blank-file helper")
+    return int(found)
 
 
 def test_blanks_are_made_once_asked_for_taken_in_order_and_the_rest_removed_at_close(tmp_path: Path) -> None:
     blanks = Blanks(tmp_path, "node-1")
-    blanks.start()
     try:
-        assert blanks.take() is None  # none asked for yet: this take asks, the caller makes its own file
+        assert blanks.take() is None  # the first starts the helper and asks: its caller makes its own file
         wait_for(lambda: len(blanks_of(tmp_path, "node-1")) == AHEAD, 10, f"{AHEAD} blanks")
         assert all(path.stat().st_size == 0 for path in blanks_of(tmp_path, "node-1").values())
         for number in range(AHEAD // 2 + 1):
@@ -57,6 +59,7 @@ def test_blanks_are_made_once_asked_for_taken_in_order_and_the_rest_removed_at_c
 
 
 def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops(project: Project) -> None:
+    project.set_keys(durability='"fast"')
     daemon = project.start()
     node = project.daemon_folders()[0].name
     tmp = project.spool / "tmp"
@@ -80,7 +83,8 @@ def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops
 
 
 def started_with_blanks(project: Project) -> tuple[subprocess.Popen[str], str, Path]:
-    """A daemon that has committed one job, so that its helper has made its blanks: (it, its id, tmp/)."""
+    """A `fast` daemon that has committed one job, so that its helper has made its blanks: (it, its id, tmp/)."""
+    project.set_keys(durability='"fast"')
     daemon = project.start()
     node = project.daemon_folders()[0].name
     tmp = project.spool / "tmp"
@@ -117,3 +121,13 @@ def test_a_daemon_whose_helper_died_makes_its_own_files_and_loses_nothing(projec
     assert code == 0, out
     assert "the helper that makes commit files ahead ended" in out
     assert os.listdir(tmp) == []  # the blanks it made before it died are removed too
+
+
+def test_a_daemon_that_fsyncs_its_commits_makes_no_blanks(project: Project) -> None:
+    """With fsyncs the committer thread commits, and its creates hold up nothing: no helper, no blanks."""
+    daemon = project.start()
+    ids = [project.submit("Echo", "handle", [n]) for n in range(20)]
+    wait_for(lambda: all(project.has("done", i) for i in ids), 20, "every job done")
+    assert os.listdir(project.spool / "tmp") == []
+    assert helpers(daemon.pid) == []
+    assert project.stop(daemon)[0] == 0

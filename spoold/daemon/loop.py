@@ -146,7 +146,6 @@ class Daemon:
 
     def start_threads(self) -> None:
         self.committer.start()
-        self.blanks.start()
         if self.config.file_events:
             self.watcher.start(inline=True)
         log.info("spoold started: node=%s spool=%s workers=%d", self.node.id, self.paths.root, self.config.workers)

@@ -7,6 +7,8 @@ frees one per job, so a create there costs up to a millisecond, on the CPU of th
 helper process makes the files ahead instead, on another CPU, and a commit opens the next one and writes
 into it. Such a file is as private as a staged file always was: empty, hidden in tmp/, under a name
 only its daemon uses, until the commit has written it and links it in. Readers see nothing new.
+This is for commits without fsyncs (`durability = "fast"`), which the loop makes itself: with fsyncs the
+committer thread commits, and its creates hold up nothing (the loop runs on while it waits).
 
 The helper is this file run as a script (stdlib only, no spoold import): it reads lines `N` on its stdin
 and makes `PREFIXi.part` for every i below N, in order; at the end of its input it ends, so it never
@@ -41,13 +43,15 @@ class Blanks:
     def __init__(self, folder: Path, node_id: str) -> None:
         self.folder = folder
         self.prefix = prefix_of(node_id)
-        self.lock = threading.Lock()  # the loop and the committer thread both take
+        self.lock = threading.Lock()  # for whichever thread commits
         self.taken = 0  # the next blank's number
         self.asked = 0  # the helper was asked for every blank below this
         self.helper: subprocess.Popen[bytes] | None = None
+        self.started = False  # the helper is started by the first take, once
 
-    def start(self) -> None:
-        """Start the helper; it makes nothing until the first take asks for blanks."""
+    def _start(self) -> None:
+        """Start the helper (at the first take: a daemon that never commits without fsyncs needs none)."""
+        self.started = True
         try:
             self.helper = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(self.folder),
                                             self.prefix], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
@@ -63,6 +67,8 @@ class Blanks:
     def take(self) -> tuple[Path, int] | None:
         """The next blank, opened for writing: (its path, its fd); None if none is ready (make one then)."""
         with self.lock:
+            if not self.started:
+                self._start()
             if self.helper is None:
                 return None
             path = self.folder / f"{self.prefix}{self.taken}{SUFFIX}"

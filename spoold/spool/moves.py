@@ -55,7 +55,9 @@ class Mover:
     they are removed later, never committed again. `may_act` is the node's lease (lease.Heartbeat.ok):
     once it says no, no claim is moved any more. `claims`: this node's claims not yet fsynced, made
     durable before any commit (ClaimLog). `reaper`: if set, a commit's last unlink is left to its thread.
-    `blanks`: if set, a commit stages its new version in one of these files made ahead (spool/blanks.py).
+    `blanks`: if set, a commit without fsyncs stages its new version in one of these files made ahead
+    (spool/blanks.py). With fsyncs, commits are the committer thread's, whose creates hold up nothing,
+    and ran slower with blanks (docs/design.md, P7).
     """
 
     paths: SpoolPaths
@@ -124,14 +126,18 @@ class Mover:
         before_link = self._claims_synced(claimed_in)
         try:
             publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link,
-                    blanks=self.blanks)
+                    blanks=self._blanks)
         except NameTaken:
             job.doc.setdefault("source_name", job.id + JOB_SUFFIX)
             job.id = new_job_id()
             target = self.paths.job_file(folder, job.id)
             publish(self.paths.tmp, dump_job(job), target, durable=self.durable, before_link=before_link,
-                    blanks=self.blanks)
+                    blanks=self._blanks)
         return target
+
+    @property
+    def _blanks(self) -> Blanks | None:
+        return None if self.durable else self.blanks
 
     def _claims_synced(self, node_folder: Path | None) -> Callable[[], None] | None:
         """What must hold just before a commit's link: our claims durable (ClaimLog), and our lease still
@@ -201,7 +207,7 @@ class Mover:
         present = list(seized)
         targets = {index: self.paths.job_file(items[index][2], items[index][0].id) for index in present}
         errors = publish_many(self.paths.tmp, [(dump_job(items[index][0]), targets[index]) for index in present],
-                              durable=self.durable, blanks=self.blanks,
+                              durable=self.durable, blanks=self._blanks,
                               before_link=self._claims_synced(seized[present[0]].parent if present else None))
         for index, error in zip(present, errors, strict=True):
             job, claimed, folder = items[index]
