@@ -63,7 +63,7 @@ def accounting_run(root: Path, config: Path, jobs: int) -> dict[str, float]:
             for task in os.listdir(f"/proc/{proc.pid}/task"):
                 threads[task] = cpu_ticks(proc.pid, task)[0]
             for child in Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split():
-                if child not in helper and b"blanks.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                if child not in helper and b"spool/blanks.py" in Path(f"/proc/{child}/cmdline").read_bytes():
                     helper[child] = 0
                 if child in helper:  # the daemon's blank-file helper (spoold/spool/blanks.py): the daemon's work
                     helper[child] = cpu_ticks(int(child))[0]

@@ -37,6 +37,11 @@ def prefix_of(node_id: str) -> str:
     return f".blank-{node_id}-"
 
 
+def blank_name(prefix: str, number: int) -> str:
+    """The name of a node's blank number `number` (`prefix`: prefix_of its id)."""
+    return f"{prefix}{number}{SUFFIX}"
+
+
 class Blanks:
     """One daemon's blanks in `folder` (the spool's tmp/), and the helper that makes them."""
 
@@ -71,7 +76,7 @@ class Blanks:
                 self._start()
             if self.helper is None:
                 return None
-            path = self.folder / f"{self.prefix}{self.taken}{SUFFIX}"
+            path = self.folder / blank_name(self.prefix, self.taken)
             fd = -1
             if self.taken < self.asked:
                 try:
@@ -115,7 +120,7 @@ class Blanks:
                 helper.wait()
         for number in range(self.taken, self.asked):
             with contextlib.suppress(OSError):
-                os.unlink(self.folder / f"{self.prefix}{number}{SUFFIX}")
+                os.unlink(self.folder / blank_name(self.prefix, number))
 
 
 def remove_left(folder: Path, node_id: str) -> None:
@@ -140,7 +145,7 @@ def make(folder: str, prefix: str) -> None:
         except ValueError:
             continue
         while made < upto:
-            path = os.path.join(folder, f"{prefix}{made}{SUFFIX}")
+            path = os.path.join(folder, blank_name(prefix, made))
             try:
                 os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644))
             except FileExistsError:
