@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import Project, process_gone, wait_for
+from conftest import Project, process_gone, read_pid, wait_for
 
 
 def test_workers_are_reused_for_many_jobs_and_retired_after_max_jobs_per_worker(project: Project) -> None:
@@ -94,3 +94,56 @@ def test_a_request_larger_than_a_pipe_buffer_reaches_its_child_whole(project: Pr
     job_id = project.submit("Echo", "handle", [big, "end"])
     assert project.drain().returncode == 0
     assert project.doc("done", job_id)["result"] == [big, "end"]
+
+
+def _context_switches(pid: int) -> int:
+    lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    return sum(int(line.split()[1]) for line in lines if "ctxt_switches:" in line)  # voluntary and not
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
+def test_a_worker_job_passes_between_the_daemon_and_its_worker_without_waking_the_fork_server(
+        project: Project) -> None:
+    """The server hands each worker's pipe ends to the daemon, which then writes the requests and reads the
+    replies itself: 300 jobs wake the server no more often than an idle wait does (it was 2 per job)."""
+    project.configure(workers=2)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "the first job done")
+    worker = project.doc("done", first)["result"]["pid"]
+    server = _parent(worker)
+    assert _parent(server) == daemon.pid
+    before = _context_switches(server)
+    ids = [project.submit("Echo", "handle", [n]) for n in range(300)]
+    wait_for(lambda: all(project.has("done", job_id) for job_id in ids), 60, "300 jobs done")
+    woken = _context_switches(server) - before
+    assert woken < 30, f"the fork server was woken {woken} times for 300 jobs"
+    assert [project.doc("done", job_id)["result"] for job_id in ids[:3]] == [[0], [1], [2]]
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_killed_fork_server_ends_its_workers_jobs_as_crashed_and_a_new_one_takes_over(project: Project) -> None:
+    """The workers die with their server; the daemon, which holds their pipes, ends their jobs as crashed,
+    and the next job gets a new server and a new worker."""
+    project.configure(workers=2)
+    project.set_keys(isolation='"worker"')
+    marker = project.root / "pid"
+    daemon = project.start()
+    done = [project.submit("Echo", "handle", [n]) for n in range(5)]
+    wait_for(lambda: all(project.has("done", job_id) for job_id in done), 10, "5 jobs done first")
+    job_id = project.submit("Sleep", "handle", ["30", str(marker)])
+    worker = read_pid(marker)  # once it runs
+    server = _parent(worker)
+    os.kill(server, 9)
+    wait_for(lambda: process_gone(worker), 5, "the worker died with its server")
+    wait_for(lambda: project.has("failed", job_id), 10, "failed as Crashed (retry_attempts = 0)")
+    assert project.doc("failed", job_id)["error"]["type"] == "Crashed"
+    after = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", after), 10, "a new fork server's worker runs the next job")
+    assert _parent(project.doc("done", after)["result"]["pid"]) != server
+    assert project.stop(daemon)[0] == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 import time
 from pathlib import Path
@@ -218,3 +219,27 @@ def test_both_ways_of_reading_file_events_give_the_same_hints(tmp_path: Path, in
     finally:
         watcher.stop()
         waker.close()
+
+
+@pytest.mark.skipif(not hasattr(select, "poll"), reason="select's limit is what poll avoids")
+def test_the_loop_sleeps_on_descriptors_beyond_selects_limit() -> None:
+    """A daemon with hundreds of workers holds two pipes per worker: its sleep must wake on an fd above
+    select's FD_SETSIZE (1024), which select.select refuses outright."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip(f"the fd limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    read_end, write_end = os.pipe()
+    high = os.dup2(read_end, 1100)
+    waker = Waker()
+    try:
+        assert waker.sleep(0.01, [high, None]) == set()
+        os.write(write_end, b"x")
+        assert waker.sleep(5, [high, None]) == {high}
+    finally:
+        waker.close()
+        for fd in (read_end, write_end, high):
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))

@@ -190,9 +190,10 @@ class Daemon:
         log.info("spoold stopped")
         return 0
 
-    def wake_fds(self) -> tuple[int | None, int | None]:
-        """What the loop sleeps on besides its waker: the fork server's messages, the kernel's file events."""
-        return self.launcher.fileno(), self.watcher.fileno()
+    def wake_fds(self) -> list[int | None]:
+        """What the loop sleeps on besides its waker: the fork server's messages, the workers' replies, the
+        kernel's file events."""
+        return [*self.launcher.filenos(), self.watcher.fileno()]
 
     def on_fenced(self) -> None:
         """From the lease's thread, even while the loop is stuck on a hung mount: stop every job now. Their
@@ -206,7 +207,7 @@ class Daemon:
     def loop_once(self, now: float) -> None:
         self.act_on_signals(now)
         readable, self.readable = self.readable, None  # what the last sleep found readable; None: not known
-        if readable is None or self.launcher.fileno() in readable:
+        if readable is None or not readable.isdisjoint(self.launcher.filenos()):
             self.launcher.pump()  # the fork server's news: children started and ended
         if readable is None or self.watcher.fileno() in readable:
             self.watcher.pump(readable=readable is not None)  # the kernel's file events, when the loop reads them

@@ -70,10 +70,18 @@ class Waker:
             self._write.send(b"\0")
 
     def sleep(self, timeout: float, also: Iterable[int | None] = ()) -> set[int]:
-        """Until woken, or one of `also` (fds: the fork server's messages, the kernel's file events) is
-        readable, or `timeout`. Returns which of `also` are readable, so the caller reads only those."""
+        """Until woken, or one of `also` (fds: the fork server's messages, the workers' replies, the kernel's
+        file events) is readable, or `timeout`. Returns which of `also` are readable, so the caller reads only
+        those. poll where there is one: a daemon with hundreds of workers has fds beyond select's limit."""
         own = self._read.fileno()
-        readable = set(select.select([own, *(fd for fd in also if fd is not None)], [], [], max(0.0, timeout))[0])
+        fds = [own, *(fd for fd in also if fd is not None)]
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            for fd in fds:
+                poller.register(fd, select.POLLIN)
+            readable = {fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)}  # POLLHUP and POLLERR count too
+        else:  # Windows: sockets only, which the waker is; its daemon has no other fd to wait on
+            readable = set(select.select(fds, [], [], max(0.0, timeout))[0])
         if own in readable:  # one read: wake-ups left over keep it readable, for the next sleep to return at once
             readable.discard(own)
             with contextlib.suppress(OSError):  # BlockingIOError: someone else's wake-up was already read

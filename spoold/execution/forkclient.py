@@ -2,8 +2,9 @@
 
 The server's messages become the same events the spawn launcher produces: a pid when the child runs,
 a return code and `on_exit(job_id)` when it has ended. A reader thread reads them, or, `inline`, the
-caller's own loop does: it waits on `fileno()` with its other wake-ups and calls `pump()`, which saves
-a thread hop per job (the daemon does so). If the server dies, its children die with it (they watch
+caller's own loop does: it waits on `filenos()` with its other wake-ups and calls `pump()`, which saves
+a thread hop per job (the daemon does so). In worker isolation workerclient.py adds the workers' own
+pipes, which the daemon reads and writes directly. If the server dies, its children die with it (they watch
 their parent) and each is reported as ended, so the daemon records them as Crashed and retries; the
 next job starts a new server.
 """
@@ -39,7 +40,7 @@ class ForkServerLauncher:
         self.inline = inline
         self.buffer = b""  # inline: the start of a message not read whole yet
         self.reading: subprocess.Popen[bytes] | None = None  # inline: the server whose messages pump() reads
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # a launch that finds the server dead hears its last words first
         self.proc: subprocess.Popen[bytes] | None = None
         self.ready = threading.Event()
         self.report: PreloadReport = NOTHING_FOUND  # what the server's preload found (its ready message)
@@ -54,11 +55,16 @@ class ForkServerLauncher:
         self.ready = threading.Event()
         # A fresh interpreter in its own session: none of our threads, locks or spool files; no terminal signals.
         config = self.config
-        proc = subprocess.Popen([sys.executable, "-m", "spoold.execution.forkserver", str(config.root),
-                                 config.namespace, config.isolation, str(config.max_jobs_per_worker),
-                                 config.bootstrap, *config.allowed_jobs],
-                                cwd=self.config.root, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, close_fds=True, start_new_session=True)
+        passed = self._server_fds()
+        try:
+            proc = subprocess.Popen([sys.executable, "-m", "spoold.execution.forkserver", str(config.root),
+                                     config.namespace, config.isolation, str(config.max_jobs_per_worker),
+                                     str(passed[0]) if passed else "-", config.bootstrap, *config.allowed_jobs],
+                                    cwd=self.config.root, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    close_fds=True, pass_fds=passed, start_new_session=True)
+        finally:
+            for fd in passed:  # the server's now
+                os.close(fd)
         self.proc = proc
         assert proc.stdout is not None
         if self.inline:
@@ -74,10 +80,14 @@ class ForkServerLauncher:
         log.info("fork server started: pid=%d", proc.pid)
         return proc
 
+    def _server_fds(self) -> tuple[int, ...]:
+        """Descriptors a new server gets (its argv names the first), closed here once it started."""
+        return ()
+
     def _pump_until_ready(self, proc: subprocess.Popen[bytes]) -> None:
         deadline = time.monotonic() + START_TIMEOUT_SECONDS
         while not self.ready.is_set() and self.reading is proc and (left := deadline - time.monotonic()) > 0:
-            select.select([self.fileno() or -1], [], [], left)  # while reading `proc`, fileno() is its stdout
+            select.select(self.filenos(), [], [], left)  # while reading `proc`, its stdout is among them
             self.pump()
 
     def warm_up(self) -> PreloadReport:
@@ -121,10 +131,10 @@ class ForkServerLauncher:
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
 
-    def fileno(self) -> int | None:
-        """Inline: the fd to wait on for the server's messages (None: no server to hear from now)."""
+    def filenos(self) -> list[int]:
+        """Inline: the fds to wait on for the server's messages (none: no server to hear from now)."""
         proc = self.reading
-        return proc.stdout.fileno() if proc is not None and proc.stdout is not None else None
+        return [proc.stdout.fileno()] if proc is not None and proc.stdout is not None else []
 
     def pump(self) -> None:
         """Inline: act on every message the server has sent so far, without blocking."""

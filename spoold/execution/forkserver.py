@@ -1,5 +1,5 @@
 """The warm template for job children: `python -m spoold.execution.forkserver ROOT NAMESPACE ISOLATION MAX_JOBS
-BOOTSTRAP CLASS...`.
+CHANNEL BOOTSTRAP CLASS...` (CHANNEL: the fd of the Unix socket that hands workers to the daemon, or -).
 
 The daemon starts it as a fresh interpreter (execution/forkclient.py), so it inherits none of the
 daemon's threads, locks or open spool files. It imports spoold's child code, runs the bootstrap and
@@ -21,22 +21,23 @@ from spoold.execution.protocol import ready, send
 from spoold.execution.serverloop import Server
 
 
-def make_server(isolation: str, max_jobs: int, preload: Preload) -> Server:
+def make_server(isolation: str, max_jobs: int, preload: Preload, channel: int) -> Server:
     """Only the kind in use is imported: every module the server loads is mapped into each child it forks."""
     if isolation == "worker":
         from spoold.execution.workerpool import WorkerServer
 
-        return WorkerServer(max_jobs=max_jobs, preload=preload)
+        return WorkerServer(max_jobs=max_jobs, preload=preload, channel=channel)
     from spoold.execution.spares import SpareServer
 
     return SpareServer(preload=preload)
 
 
 def main() -> None:
-    root, namespace, isolation, max_jobs, entry, *classes = sys.argv[1:]
+    root, namespace, isolation, max_jobs, channel, entry, *classes = sys.argv[1:]
     sys.path.insert(0, root)
     prepare_server()
-    server = make_server(isolation, int(max_jobs), Preload(entry, namespace, tuple(classes)))
+    server = make_server(isolation, int(max_jobs), Preload(entry, namespace, tuple(classes)),
+                         int(channel) if channel != "-" else -1)
     report = server.prepare()  # before the freeze: what the bootstrap and the job modules loaded is frozen too
     gc.freeze()  # what is loaded now stays out of the collector's way: fewer pages copied in each child
     send(ready(report))

@@ -10,6 +10,7 @@ from spoold.errors import ConfigError
 from spoold.execution.forkclient import ForkServerLauncher
 from spoold.execution.process import Launcher
 from spoold.execution.spawn import SpawnLauncher
+from spoold.execution.workerclient import WorkerPoolLauncher
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +27,8 @@ def make_launcher(config: Config, *, inline: bool = False) -> Launcher:
         if config.isolation == "worker":
             log.warning('isolation = "worker" needs fork: running a process per job instead')
         return SpawnLauncher(config)
+    if config.isolation == "worker":
+        return WorkerPoolLauncher(config)  # always inline: the daemon's loop reads its workers' pipes
     return ForkServerLauncher(config, inline=inline)
 
 

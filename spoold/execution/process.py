@@ -156,12 +156,12 @@ class Launcher(Protocol):
 
     def close(self) -> None: ...
 
-    def fileno(self) -> int | None:
-        """An fd the caller's loop may wait on, then call pump(); None when its children report otherwise."""
+    def filenos(self) -> list[int]:
+        """The fds the caller's loop may wait on, then call pump(); none when its children report otherwise."""
         ...
 
     def pump(self) -> None:
-        """Act on what fileno() has to say, without blocking."""
+        """Act on what filenos() have to say, without blocking."""
         ...
 
 

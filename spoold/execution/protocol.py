@@ -1,16 +1,21 @@
-"""The fork server's protocol with the daemon, and its workers' with it: one JSON object per line.
+"""The fork server's protocol with the daemon, and its workers' with the daemon: one JSON object per line.
 
 Daemon -> server (its stdin): `{"id", "spec", "out", "env"}` starts a job, `{"kill": ID}` SIGKILLs that
 job's process group if it has not been reaped yet (so a freed pid is never signalled). Server -> daemon
 (its stdout): `{"ready": true, "bootstrap", "imports"}` once (preload.py's report), then `{"id", "pid"}`
-when a child or worker runs the job and `{"id", "returncode"}` when it has ended (negative: the signal
-that killed it). A worker tells the server its preload report once (`{"preloaded": ...}`), then, for
-each job it finished, `{"report": OUTCOME, "output": TAIL}`, which the server passes on as the `reply`
-of the job's `{"id", "returncode": 0, "reply"}`: a worker's job leaves no file behind. A worker that died
-mid-job is reported with `"out"`, its output file, for the daemon to read. A child forked per job
-(spares.py) writes its output and its outcome on two pipes of its own, passed on as `{"id",
-"returncode", "reply": {"output": TAIL, "report": OUTCOME}}` ("report" absent if it died before it
-wrote one). End of the server's stdin ends the server.
+when a child runs the job and `{"id", "returncode"}` when it has ended (negative: the signal that killed
+it). A child forked per job (spares.py) writes its output and its outcome on two pipes of its own,
+passed on as `{"id", "returncode", "reply": {"output": TAIL, "report": OUTCOME}}` ("report" absent if it
+died before it wrote one).
+
+Worker isolation (workerpool.py) starts no job through the server. `{"worker": true}` asks it for a
+worker: it answers on a Unix socket the daemon gave it, `{"worker": N, "pid", "early"}` with the worker's
+two pipe ends attached (SCM_RIGHTS). The daemon then writes each job's `{"id", "spec", "out", "env"}`
+to the worker and reads `{"report": OUTCOME, "output": TAIL}` back; the worker's first line, its preload
+report (`{"preloaded": ...}`), is not a reply and is skipped. The server reports `{"worker_exited": N,
+"returncode"}` once it has reaped worker N (retired after its last job, or killed), and `{"kill_worker":
+N}` kills worker N's group while it is not reaped. A worker that died mid-job left its output in its
+own file (worker_output), which the daemon reads. End of the server's stdin ends the server.
 
 Stdlib only, and small: the fork server and every job child it forks load this module.
 """
@@ -55,8 +60,7 @@ def is_worker_reply(line: bytes) -> bool:
 
 
 def ended_with_reply(job_id: str, reply: bytes, returncode: int = 0) -> bytes:
-    """A worker's reply line, passed on as it is (not decoded and encoded again), or the reply the server
-    builds from a forked child's pipes."""
+    """The end of a child forked per job, with the reply the server builds from its pipes."""
     return b'{"id": %s, "returncode": %d, "reply": %s}\n' % (json.dumps(job_id).encode(), returncode, reply)
 
 
@@ -70,6 +74,19 @@ def start_request(job_id: str, spec: dict[str, Any], out: str, env: dict[str, st
 
 def kill_request(job_id: str) -> dict[str, Any]:
     return {"kill": job_id}
+
+
+def worker_request() -> dict[str, Any]:
+    """Worker isolation: ask the server for a worker; its pipe ends come back on the Unix socket."""
+    return {"worker": True}
+
+
+def kill_worker_request(number: int) -> dict[str, Any]:
+    return {"kill_worker": number}
+
+
+def worker_exited(number: int, returncode: int) -> dict[str, Any]:
+    return {"worker_exited": number, "returncode": returncode}
 
 
 def started(job_id: str, pid: int) -> dict[str, Any]:

@@ -67,12 +67,15 @@ class Server:
             return False
         lines, self.buffer = split_lines(self.buffer, chunk)
         for line in lines:
-            request = json.loads(line)
-            if "kill" in request:
-                self.kill(request["kill"])
-            else:
-                self.start(request, line)
+            self.handle(json.loads(line), line)
         return True
+
+    def handle(self, request: dict[str, Any], raw: bytes) -> None:
+        """One request: a job to start, or a kill."""
+        if "kill" in request:
+            self.kill(request["kill"])
+        else:
+            self.start(request, raw)
 
     def kill(self, job_id: str) -> None:
         for pid, running in self.children.items():
@@ -83,7 +86,7 @@ class Server:
         return [0, self.wakeup_read]
 
     def on_readable(self, readable: list[int]) -> None:
-        """Hook for the worker pool: its workers' replies are read before exits are reaped."""
+        """Hook for the spares (spares.py): their children's pipes are read before exits are reaped."""
 
     def shutdown(self) -> None:
         for pid in self.children:

@@ -70,8 +70,8 @@ class SpawnLauncher:
     def close(self) -> None:
         pass
 
-    def fileno(self) -> int | None:
-        return None  # each child has a waiter thread
+    def filenos(self) -> list[int]:
+        return []  # each child has a waiter thread
 
     def pump(self) -> None:
         pass

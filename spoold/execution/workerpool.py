@@ -5,18 +5,20 @@ millisecond, but jobs share the worker's memory and process group. The time limi
 daemon's kill reaches the worker's whole group, the worker dies, and the next job gets a new one. A
 worker retires after `max_jobs_per_worker` jobs, so leaks do not grow without bound.
 
-Same protocol with the daemon as the fork server's (it is one): `{"id", "pid"}` when a worker takes
-the job, `{"id", "returncode"}` when it is done (0, with the job's outcome and output as its `reply`)
-or when its worker died under it (with the worker's output file as `out`). A worker's output goes to
-one file of its own, emptied for each job, and its outcome travels in its reply: no file per job.
+The server forks the workers and reaps them; the daemon talks to each directly, on two pipes whose
+ends the server passes it over a Unix socket (protocol.py): a request line in, `{"report", "output"}`
+out for each job, so a job costs this loop nothing. A worker's output goes to one file of its own,
+emptied for each job, and its outcome travels in its reply: no file per job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import signal
+import socket
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -26,13 +28,11 @@ from spoold.execution.child_setup import become_job_child, redirect_output
 from spoold.execution.groups import kill_group
 from spoold.execution.preload import NOTHING_FOUND, Preload, PreloadReport
 from spoold.execution.protocol import (
-    ended,
-    ended_with_reply,
-    is_worker_reply,
+    encode,
     preloaded,
     read_tail,
     send,
-    started,
+    worker_exited,
     worker_output,
     worker_reply,
     write_all,
@@ -42,13 +42,13 @@ from spoold.execution.serverloop import Server
 
 @dataclass
 class Worker:
+    """A worker as the server knows it; its pipe ends are -1 once handed to the daemon."""
+
     pid: int
     to_worker: int
     from_worker: int
-    job_id: str | None = None
-    jobs: int = 0  # handed to it so far; at max_jobs it retires, so it is never given another
-    buffer: bytes = b""
-    output: str | None = None  # its output file (protocol.worker_output), known from its first request
+    number: int
+    buffer: bytes = b""  # what it said after its preload report, before it was handed over (never so far)
 
 
 def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], server: int, preload: Preload) -> None:
@@ -83,22 +83,29 @@ def _work(requests: int, replies: int, max_jobs: int, inherited: list[int], serv
 
 
 class WorkerServer(Server):
-    def __init__(self, *, max_jobs: int, preload: Preload) -> None:
+    """Forks workers and hands each one's two pipe ends to the daemon over `channel` (a Unix socket), so a job's
+    request and reply pass between the daemon and its worker directly, never through this loop. What stays
+    here: the forks, the reaping (an exit is reported by the worker's number), the kills (by number, so a
+    reaped pid is never signalled)."""
+
+    def __init__(self, *, max_jobs: int, preload: Preload, channel: int) -> None:
         super().__init__()
         self.max_jobs = max_jobs
         self.preload = preload
-        self.workers: dict[int, Worker] = {}
+        self.channel = socket.socket(fileno=channel)
+        self.workers: dict[int, Worker] = {}  # by number
+        self.spare: Worker | None = None  # the first worker, forked by prepare(), not handed over yet
+        self.numbers = itertools.count(1)
 
     def prepare(self) -> PreloadReport:
         """One worker ready before the first job; its preload report is the server's."""
-        worker = self._fork_worker()
-        os.set_blocking(worker.from_worker, True)
-        try:
-            while b"\n" not in worker.buffer and (chunk := os.read(worker.from_worker, 65536)):
-                worker.buffer += chunk
-        finally:
-            os.set_blocking(worker.from_worker, False)
-        line, _, worker.buffer = worker.buffer.partition(b"\n")
+        worker = self.spare = self._fork_worker()
+        buffer = b""
+        while b"\n" not in buffer and (chunk := os.read(worker.from_worker, 65536)):
+            buffer += chunk
+        line, _, rest = buffer.partition(b"\n")
+        if rest:  # never so far: a worker says nothing more before its first request
+            worker.buffer = rest
         try:
             report: PreloadReport = json.loads(line)["preloaded"]
         except (ValueError, KeyError):  # it died before it could say: its first job will show why
@@ -112,69 +119,55 @@ class WorkerServer(Server):
         server = os.getpid()
         pid = os.fork()
         if pid == 0:
-            inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write]
-            for worker in self.workers.values():
-                inherited += [worker.to_worker, worker.from_worker]
+            inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write, self.channel.fileno()]
+            if self.spare is not None:
+                inherited += [self.spare.to_worker, self.spare.from_worker]
             _work(to_read, from_write, self.max_jobs, inherited, server, self.preload)
         os.close(to_read)
         os.close(from_write)
-        os.set_blocking(from_read, False)
-        worker = Worker(pid, to_write, from_read)
-        self.workers[pid] = worker
+        worker = Worker(pid, to_write, from_read, number=next(self.numbers))
+        self.workers[worker.number] = worker
         return worker
 
-    def start(self, request: dict[str, Any], raw: bytes) -> None:
-        idle = (w for w in self.workers.values() if w.job_id is None and w.jobs < self.max_jobs)
-        worker = next(idle, None) or self._fork_worker()
-        worker.job_id, worker.jobs = request["id"], worker.jobs + 1
-        worker.output = worker.output or worker_output(request["out"], worker.pid)
-        with contextlib.suppress(BrokenPipeError):  # it died a moment ago: reaping reports the job with it
-            write_all(worker.to_worker, raw + b"\n")  # a large request may take more than one write
-        send(started(request["id"], worker.pid))
+    def hand_over(self) -> None:
+        """A worker for the daemon: the spare if there is one, else a new fork. Its pipe ends go to the daemon
+        (SCM_RIGHTS) with its number and pid, and are closed here: only the daemon talks to it from now on."""
+        worker, self.spare = self.spare or self._fork_worker(), None
+        message = encode({"worker": worker.number, "pid": worker.pid, "early": worker.buffer.decode("latin-1")})
+        try:
+            socket.send_fds(self.channel, [message], [worker.to_worker, worker.from_worker])
+        finally:
+            os.close(worker.to_worker)
+            os.close(worker.from_worker)
+            worker.to_worker = worker.from_worker = -1
 
-    def kill(self, job_id: str) -> None:
-        for worker in self.workers.values():
-            if worker.job_id == job_id:
+    def handle(self, request: dict[str, Any], raw: bytes) -> None:
+        if "worker" in request:
+            self.hand_over()
+        elif "kill_worker" in request:
+            worker = self.workers.get(request["kill_worker"])
+            if worker is not None:  # not reaped yet: its pid is still its own
                 kill_group(worker.pid)
 
-    def watched_fds(self) -> list[int]:
-        return [*super().watched_fds(), *(w.from_worker for w in self.workers.values())]
-
-    def _read_replies(self, worker: Worker) -> None:
-        with contextlib.suppress(BlockingIOError, OSError):
-            while chunk := os.read(worker.from_worker, 65536):  # a reply holds a result: it may be large
-                worker.buffer += chunk
-        while b"\n" in worker.buffer:
-            line, worker.buffer = worker.buffer.split(b"\n", 1)
-            if not is_worker_reply(line):  # a new worker's preload report: a later one's failure shows in its jobs
-                continue
-            if worker.job_id is not None:
-                write_all(1, ended_with_reply(worker.job_id, line))
-                worker.job_id = None
-
-    def on_readable(self, readable: list[int]) -> None:
-        for worker in list(self.workers.values()):
-            if worker.from_worker in readable:
-                self._read_replies(worker)
-
     def reap(self) -> None:
-        """A worker that exited: retired after its last job, or killed (time limit, cancel) mid-job."""
-        for pid, worker in list(self.workers.items()):
+        """A worker that exited: retired after its last job, or killed (time limit, cancel) mid-job. The
+        daemon, which has its pipes, reads any reply it wrote before, then ends its job if it had one."""
+        for number, worker in list(self.workers.items()):
             try:
-                done, status = os.waitpid(pid, os.WNOHANG)
+                done, status = os.waitpid(worker.pid, os.WNOHANG)
             except ChildProcessError:
-                done, status = pid, 0
+                done, status = worker.pid, 0
             if done == 0:
                 continue
-            self._read_replies(worker)  # a "done" written just before it exited still counts
-            kill_group(pid)  # whatever its jobs left behind
+            kill_group(worker.pid)  # whatever its jobs left behind
             for fd in (worker.to_worker, worker.from_worker):
-                os.close(fd)
-            del self.workers[pid]
-            if worker.job_id is not None:  # its job's output is in the worker's file: the daemon reads it
-                message = ended(worker.job_id, os.waitstatus_to_exitcode(status) or -signal.SIGKILL)
-                send({**message, "out": worker.output} if worker.output else message)
+                if fd >= 0:
+                    os.close(fd)
+            del self.workers[number]
+            if worker is self.spare:
+                self.spare = None
+            send(worker_exited(number, os.waitstatus_to_exitcode(status) or -signal.SIGKILL))
 
     def shutdown(self) -> None:
-        for pid in self.workers:
-            kill_group(pid)
+        for worker in self.workers.values():
+            kill_group(worker.pid)
