@@ -94,10 +94,13 @@ class WorkerPoolLauncher(ForkServerLauncher):
             message, fds, _, _ = socket.recv_fds(self.channel, 65536, 2)
         except OSError as e:
             raise OSError(f"the fork server gave no worker: {e}") from e
-        if len(fds) != 2 or not message:
+        if len(fds) != 2 or not message.endswith(b"\n"):  # one small send: a stream socket keeps it whole
             for fd in fds:
                 os.close(fd)
-            raise OSError("the fork server gave no worker: it ended")
+            raise OSError("the fork server gave no worker: it ended" if not message else
+                          f"the fork server's answer was cut short: {message[:100]!r}")
+        for fd in fds:
+            os.set_inheritable(fd, False)  # none of the daemon's other children gets a worker's pipe
         info = json.loads(message)
         worker = WorkerPipes(info["worker"], info["pid"], fds[0], fds[1],
                              buffer=str(info.get("early", "")).encode("latin-1"))
