@@ -6,6 +6,7 @@ Scenarios (each bounded in time; every process it starts is reaped, also on fail
   many-daemons   4 daemons x 2 workers, 5,000 jobs, no fault: each job in done/ once, run exactly once
   kill-halfway   the same, one daemon SIGKILLed at half and restarted: runs twice only for jobs it held
   crash-loop     3 daemons, 2,000 jobs, a random daemon SIGKILLed and replaced every ~2 s until all done
+  crash-loop-workers  the same in isolation = "worker" (the daemon talks to its workers on their own pipes)
   burst-50k      50,000 files renamed into medium/ while one daemon runs (file_events = true)
   memory         one daemon, 10,000 no-op jobs: RSS after the first 100 and at the end, growth <= 20 MiB
   crash-points   pytest tests/test_crash_points.py (every fault point, every action)
@@ -153,11 +154,12 @@ def many_daemons(ctx: Context, result: Result, *, kill_halfway: bool) -> None:
 # -- 3: a crash loop --------------------------------------------------------------------------------------
 
 
-def crash_loop(ctx: Context, result: Result) -> None:
+def crash_loop(ctx: Context, result: Result, *, isolation: str = "process") -> None:
     n = result.jobs = ctx.n(2000)
     project = ctx.project(result.scenario)
     # every kill orphans up to 2 runs, each costing one retry (Orphaned): a budget no job can spend here
     project.configure(workers=WORKERS, rescan_seconds=1, retry_attempts=50)
+    project.set_keys(isolation=f'"{isolation}"')  # workers: the daemon holds their pipes when it is killed
     sentinel = project.root / "ran.txt"
     held: set[str] = set()
     next_kill = time.monotonic() + ctx.rng.uniform(*CRASH_EVERY)
@@ -651,6 +653,7 @@ SCENARIOS: list[tuple[str, Callable[[Context, Result], None]]] = [
     ("many-daemons", lambda ctx, r: many_daemons(ctx, r, kill_halfway=False)),
     ("kill-halfway", lambda ctx, r: many_daemons(ctx, r, kill_halfway=True)),
     ("crash-loop", crash_loop),
+    ("crash-loop-workers", lambda ctx, r: crash_loop(ctx, r, isolation="worker")),
     ("burst-50k", burst),
     ("memory", memory),
     ("crash-points", crash_points),
