@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -146,4 +148,51 @@ def test_a_killed_fork_server_ends_its_workers_jobs_as_crashed_and_a_new_one_tak
     after = project.submit("WhoAmI")
     wait_for(lambda: project.has("done", after), 10, "a new fork server's worker runs the next job")
     assert _parent(project.doc("done", after)["result"]["pid"]) != server
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_worker_killed_while_idle_costs_no_job(project: Project) -> None:
+    """The daemon may write to a worker that died before its exit was reported (here the fork server is
+    stopped, so it cannot report it): the broken pipe says the worker read nothing, and the job goes to the
+    next worker, which the server hands over once it runs again. Never a crash."""
+    project.configure(workers=1)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "the first job done")
+    idle = project.doc("done", first)["result"]["pid"]
+    server = _parent(idle)
+    os.kill(server, signal.SIGSTOP)
+    try:
+        os.kill(idle, signal.SIGKILL)
+        wait_for(lambda: Path(f"/proc/{idle}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z", 5,
+                 "the worker is a zombie its stopped server has not reaped")
+        after = project.submit("WhoAmI")
+        wait_for(lambda: not project.has("medium", after), 10, "the daemon claimed it")
+        time.sleep(0.5)  # the daemon wrote to the dead worker, and waits for the server's next worker
+    finally:
+        os.kill(server, signal.SIGCONT)
+    wait_for(lambda: project.has("done", after), 10, "the next job done")
+    doc = project.doc("done", after)
+    assert doc["result"]["pid"] != idle
+    assert [run["outcome"] for run in doc["history"]] == ["success"]
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_fork_server_that_died_while_idle_costs_no_job(project: Project) -> None:
+    """Its workers died with it; the next job starts a new server and worker, and runs once, as a success."""
+    project.configure(workers=1)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "the first job done")
+    worker = project.doc("done", first)["result"]["pid"]
+    server = _parent(worker)
+    os.kill(server, 9)
+    wait_for(lambda: process_gone(worker), 5, "its worker died with it")
+    after = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", after), 10, "the next job done")
+    doc = project.doc("done", after)
+    assert _parent(doc["result"]["pid"]) != server
+    assert [run["outcome"] for run in doc["history"]] == ["success"]
     assert project.stop(daemon)[0] == 0

@@ -208,7 +208,7 @@ class Daemon:
         self.act_on_signals(now)
         readable, self.readable = self.readable, None  # what the last sleep found readable; None: not known
         if readable is None or not readable.isdisjoint(self.launcher.filenos()):
-            self.launcher.pump()  # the fork server's news: children started and ended
+            self.launcher.pump(readable)  # the fork server's news, the workers' replies: jobs started and ended
         if readable is None or self.watcher.fileno() in readable:
             self.watcher.pump(readable=readable is not None)  # the kernel's file events, when the loop reads them
         self.collect_finished(now)

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import IO, Any
 
@@ -136,8 +136,9 @@ class ForkServerLauncher:
         proc = self.reading
         return [proc.stdout.fileno()] if proc is not None and proc.stdout is not None else []
 
-    def pump(self) -> None:
-        """Inline: act on every message the server has sent so far, without blocking."""
+    def pump(self, readable: Collection[int] | None = None) -> None:
+        """Inline: act on every message the server has sent so far, without blocking (`readable`: what the
+        caller's sleep found readable, for a subclass that waits on more than the server)."""
         proc = self.reading
         if proc is None or proc.stdout is None:
             return

@@ -13,7 +13,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -160,8 +160,9 @@ class Launcher(Protocol):
         """The fds the caller's loop may wait on, then call pump(); none when its children report otherwise."""
         ...
 
-    def pump(self) -> None:
-        """Act on what filenos() have to say, without blocking."""
+    def pump(self, readable: Collection[int] | None = None) -> None:
+        """Act on what filenos() have to say, without blocking; `readable`: those of them the caller's sleep
+        found readable (None: not known, look at all)."""
         ...
 
 

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,7 @@ class SpawnLauncher:
     def filenos(self) -> list[int]:
         return []  # each child has a waiter thread
 
-    def pump(self) -> None:
+    def pump(self, readable: Collection[int] | None = None) -> None:
         pass
 
 

@@ -17,7 +17,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,19 +71,27 @@ class WorkerPoolLauncher(ForkServerLauncher):
         """Write the job's request to an idle worker (a new one if none is idle) and return."""
         job_id = child.job.id
         out = str(child.scratch_file(".out"))
+        request = encode(start_request(job_id, spec, out, env))
         with self.lock:
-            worker = self._idle_worker()
+            for _ in range(2):
+                worker = self._idle_worker()
+                try:
+                    write_all(worker.to_worker, request)  # a large request may take more than one write
+                    break
+                except BrokenPipeError:  # it died while idle, so it read nothing: its exit report follows
+                    worker.ended = True
+            else:
+                raise OSError("the fork server's workers died before they could take the job")
             worker.job_id, worker.jobs = job_id, worker.jobs + 1
             worker.output = worker.output or worker_output(out, worker.pid)
             child.pid = worker.pid
             number = worker.number
             child.kill_group = lambda: self._kill_worker(number)
             self.waiting[job_id], self.exits[job_id] = child, on_exit
-        with contextlib.suppress(BrokenPipeError):  # it died a moment ago: its exit report ends the job
-            write_all(worker.to_worker, encode(start_request(job_id, spec, out, env)))
 
     def _idle_worker(self) -> WorkerPipes:
         """Called with the lock held. OSError if the server gives no worker (the claim is then undone)."""
+        self._ensure_server()  # a server that died since the last pass: its workers are gone with it
         max_jobs = self.config.max_jobs_per_worker
         for worker in self.workers.values():
             if worker.job_id is None and worker.jobs < max_jobs and not worker.ended:
@@ -116,11 +124,13 @@ class WorkerPoolLauncher(ForkServerLauncher):
     def filenos(self) -> list[int]:
         return [*super().filenos(), *(w.from_worker for w in self.workers.values() if w.job_id and not w.ended)]
 
-    def pump(self) -> None:
-        """The server's messages (a worker's exit among them), then every busy worker's replies."""
+    def pump(self, readable: Collection[int] | None = None) -> None:
+        """The server's messages (a worker's exit among them), then the busy workers' replies: those the
+        loop's sleep found readable, or all of them when it does not say."""
         super().pump()
         for worker in [w for w in self.workers.values() if w.job_id is not None and not w.ended]:
-            self._read_replies(worker)
+            if readable is None or worker.from_worker in readable:
+                self._read_replies(worker)
 
     def _read_replies(self, worker: WorkerPipes) -> None:
         chunks = []
