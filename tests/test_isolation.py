@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -107,17 +108,22 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+def _daemon_with_a_worker(project: Project, workers: int) -> tuple[subprocess.Popen[str], int]:
+    """A worker-isolation daemon that has run one job: it and that job's worker's pid."""
+    project.configure(workers=workers)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "the first job done")
+    return daemon, project.doc("done", first)["result"]["pid"]
+
+
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
 def test_a_worker_job_passes_between_the_daemon_and_its_worker_without_waking_the_fork_server(
         project: Project) -> None:
     """The server hands each worker's pipe ends to the daemon, which then writes the requests and reads the
     replies itself: 300 jobs wake the server no more often than an idle wait does (it was 2 per job)."""
-    project.configure(workers=2)
-    project.set_keys(isolation='"worker"')
-    daemon = project.start()
-    first = project.submit("WhoAmI")
-    wait_for(lambda: project.has("done", first), 10, "the first job done")
-    worker = project.doc("done", first)["result"]["pid"]
+    daemon, worker = _daemon_with_a_worker(project, workers=2)
     server = _parent(worker)
     assert _parent(server) == daemon.pid
     before = _context_switches(server)
@@ -155,12 +161,7 @@ def test_a_worker_killed_while_idle_costs_no_job(project: Project) -> None:
     """The daemon may write to a worker that died before its exit was reported (here the fork server is
     stopped, so it cannot report it): the broken pipe says the worker read nothing, and the job goes to the
     next worker, which the server hands over once it runs again. Never a crash."""
-    project.configure(workers=1)
-    project.set_keys(isolation='"worker"')
-    daemon = project.start()
-    first = project.submit("WhoAmI")
-    wait_for(lambda: project.has("done", first), 10, "the first job done")
-    idle = project.doc("done", first)["result"]["pid"]
+    daemon, idle = _daemon_with_a_worker(project, workers=1)
     server = _parent(idle)
     os.kill(server, signal.SIGSTOP)
     try:
@@ -181,12 +182,7 @@ def test_a_worker_killed_while_idle_costs_no_job(project: Project) -> None:
 
 def test_a_fork_server_that_died_while_idle_costs_no_job(project: Project) -> None:
     """Its workers died with it; the next job starts a new server and worker, and runs once, as a success."""
-    project.configure(workers=1)
-    project.set_keys(isolation='"worker"')
-    daemon = project.start()
-    first = project.submit("WhoAmI")
-    wait_for(lambda: project.has("done", first), 10, "the first job done")
-    worker = project.doc("done", first)["result"]["pid"]
+    daemon, worker = _daemon_with_a_worker(project, workers=1)
     server = _parent(worker)
     os.kill(server, 9)
     wait_for(lambda: process_gone(worker), 5, "its worker died with it")
