@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, child_pids, process_gone, wait_for
 
-from spoold.spool.blanks import AHEAD, Blanks, prefix_of
+from spoold.spool.blanks import AHEAD, FLUSH_AT, Blanks, prefix_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the helper in /proc")
 
@@ -58,6 +58,50 @@ def test_blanks_are_made_once_asked_for_taken_in_order_and_the_rest_removed_at_c
     assert blanks.take() is None  # closed: commits make their own files
 
 
+def taken_and_linked(blanks: Blanks, into: Path, count: int, first: int = 0) -> list[tuple[Path, Path]]:
+    """Take `count` blanks and link each to a file of its own in `into` (`first`.json on), as commits do:
+    (blank, linked)."""
+    pairs = []
+    for number in range(first, first + count):
+        taken = blanks.take()
+        assert taken is not None
+        path, fd = taken
+        os.write(fd, b"%d" % number)
+        os.close(fd)
+        os.link(path, into / f"{number}.json")
+        pairs.append((path, into / f"{number}.json"))
+    return pairs
+
+
+def test_a_linked_blanks_name_is_removed_by_the_helper_in_batches(tmp_path: Path) -> None:
+    """An unlink in tmp/ waits for the folder's lock while the helper's create holds it: the helper removes
+    the names itself, FLUSH_AT at a time, or what is left when the loop idles. The files stay whole."""
+    tmp, done = tmp_path / "tmp", tmp_path / "done"
+    tmp.mkdir()
+    done.mkdir()
+    blanks = Blanks(tmp, "node-1")
+    try:
+        assert blanks.take() is None
+        wait_for(lambda: len(blanks_of(tmp, "node-1")) == AHEAD, 10, f"{AHEAD} blanks")
+        pairs = taken_and_linked(blanks, done, FLUSH_AT + 3)
+        assert all(blanks.release(path) for path, _ in pairs)
+        wait_for(lambda: not any(path.exists() for path, _ in pairs[:FLUSH_AT]), 10, "a full batch removed")
+        assert all(path.exists() for path, _ in pairs[FLUSH_AT:])  # held back: the loop is busy
+        blanks.flush(idle=False)
+        assert all(path.exists() for path, _ in pairs[FLUSH_AT:])  # released less than a second ago
+        blanks.flush(idle=True)
+        wait_for(lambda: not any(path.exists() for path, _ in pairs), 10, "the rest removed once idle")
+        assert [linked.read_bytes() for _, linked in pairs] == [b"%d" % n for n in range(len(pairs))]
+        assert all(linked.stat().st_nlink == 1 for _, linked in pairs)
+        assert not blanks.release(done / "0.json")  # not a blank: its caller removes it
+        held = taken_and_linked(blanks, done, 2, first=len(pairs))
+        assert all(blanks.release(path) for path, _ in held)
+    finally:
+        blanks.close()
+    assert blanks_of(tmp, "node-1") == {}  # the two never sent are removed at close
+    assert all(linked.stat().st_nlink == 1 for _, linked in held)
+
+
 def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops(project: Project) -> None:
     project.set_keys(durability='"fast"')
     daemon = project.start()
@@ -71,7 +115,8 @@ def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops
     second = project.submit("Echo", "handle", ["second"])
     wait_for(lambda: project.has("done", second), 10, "the second job done")
     done = project.spool / "done" / f"{second}.json"
-    assert done.stat().st_ino == inode and done.stat().st_nlink == 1  # that very file, its tmp/ name gone
+    assert done.stat().st_ino == inode  # that very file
+    wait_for(lambda: done.stat().st_nlink == 1, 10, "its tmp/ name removed by the helper, the daemon idle")
     assert project.doc("done", second)["result"] == ["second"]
     ids = [project.submit("Echo", "handle", [n]) for n in range(100)]
     wait_for(lambda: all(project.has("done", job_id) for job_id in ids), 30, "100 jobs done")

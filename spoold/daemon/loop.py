@@ -181,7 +181,10 @@ class Daemon:
                         continue
                 if self.should_exit(now) or self.node.heartbeat.fenced:
                     break
-                self.readable = self.waker.sleep(self.sleep_seconds(time.time()), self.wake_fds())
+                timeout = self.sleep_seconds(time.time())
+                if timeout > 0:
+                    self.blanks.flush(idle=not self.children)  # committed files' second names in tmp/
+                self.readable = self.waker.sleep(timeout, self.wake_fds())
         finally:
             self.close()
         if self.node.heartbeat.fenced:

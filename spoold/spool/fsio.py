@@ -223,7 +223,8 @@ def publish_many(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], *, durable:
     if durable:
         linked = _fsync_targets(linked, results)
     for _, path, dst in linked:
-        remove_source(path, dst)  # a tmp/ copy left behind is reaped later
+        if blanks is None or not blanks.release(path):  # a blank's name is its helper's to remove
+            remove_source(path, dst)  # a tmp/ copy left behind is reaped later
     return results
 
 
