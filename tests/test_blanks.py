@@ -154,6 +154,27 @@ def test_a_killed_daemons_blanks_go_with_its_folder_and_its_helper_ends(project:
     assert project.stop(survivor)[0] == 0
 
 
+def test_a_killed_daemons_names_not_yet_sent_to_its_helper_go_too_and_its_jobs_stay_whole(project: Project) -> None:
+    """While a job runs the loop keeps up to FLUSH_AT committed blanks' second names in tmp/ (a second at
+    most); a SIGKILL then leaves them, linked to done/ files, and recovery removes them with its blanks."""
+    project.configure(workers=3)
+    victim, node, tmp = started_with_blanks(project)
+    project.submit("Sleep", "handle", [30])  # keeps the loop from idling, so the names are held back
+    quick = [project.submit("Echo", "handle", [n]) for n in range(FLUSH_AT - 4)]
+    wait_for(lambda: all(project.has("done", i) for i in quick), 10, "the quick jobs done")
+    dones = [project.spool / "done" / f"{i}.json" for i in quick]
+    held = [path for path in dones if path.stat().st_nlink == 2]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait(timeout=10)
+    assert held, "every name was sent before the kill: nothing was tested"
+    survivor = project.start()
+    wait_for(lambda: not (project.spool / "running" / node).exists(), 20, "the dead daemon's folder removed")
+    assert blanks_of(tmp, node) == {}
+    assert all(path.stat().st_nlink == 1 for path in dones)
+    assert [project.doc("done", i)["result"] for i in quick] == [[n] for n in range(len(quick))]
+    assert project.stop(survivor)[0] == 0
+
+
 def test_a_daemon_whose_helper_died_makes_its_own_files_and_loses_nothing(project: Project) -> None:
     daemon, _, tmp = started_with_blanks(project)
     helper = helper_pid(daemon.pid)
