@@ -53,7 +53,7 @@ bench-profile:
 	PYTHON=$(PYTHON) bench/run.sh profile $(PROFILE_ARGS)
 
 # make soak [SOAK_ARGS="--scale 0.05 --only many-daemons,crash-loop"]: the long scenarios (soak/run.py):
-# 5,000 jobs on 4 daemons, a SIGKILL halfway, a crash loop, a 50,000-file burst, memory, every crash point,
+# 5,000 jobs on 4 daemons, a SIGKILL halfway, a crash loop (per job, workers, fast), a 50,000-file burst, memory, every crash point,
 # several hosts on GlusterFS, the schedule under kills, 120 power cuts on a FUSE filesystem that drops what was not fsynced.
 # Prints a table (jobs, faults, restarts, lost, duplicated) and writes soak/results/latest.json.
 SOAK_ARGS ?=

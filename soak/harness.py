@@ -319,6 +319,12 @@ def check_outcome(result: Result, project: SoakProject, tokens: dict[str, str], 
             result.fail(f"{len(outside)} job(s) ran twice though no killed daemon held them, "
                         f"e.g. {list(outside.items())[:5]}")
     result.details["scratch_folders_left"] = sum(1 for _ in project.scratch.iterdir())  # TMPDIR of the daemons
+    # A killed daemon may leave a staged .part (reaped once old); a blank (spool/blanks.py) never outlives
+    # the removal of its daemon's folder, nor a clean stop.
+    blanks = [name for name in os.listdir(project.spool / "tmp") if name.startswith(".blank-")]
+    result.details["blanks_left_in_tmp"] = len(blanks)
+    if blanks:
+        result.fail(f"{len(blanks)} blank file(s) left in tmp/ after every daemon stopped, e.g. {blanks[:3]}")
     leftovers = [p.name for p in project.daemon_folders()]
     if leftovers:
         result.notes.append(f"daemon folder(s) left in running/ after a clean stop: {leftovers}")
