@@ -334,11 +334,15 @@ def run_fault(cluster: Cluster, fault: str, jobs: int, *, timeout: float = 240.0
     fault_at = time.monotonic()
     held = _inject(cluster, fault, victims, victim_nodes, healthy)
     outcome.held = len(held)
+    # Its claims (not the copies it had seized, which stay for it: H3), listed while it cannot move them.
+    claimed = {j for n in victim_nodes for j in cluster.held(n, healthy, seized=False)}
     _await_takeover(cluster, outcome, victim_nodes, victim_host, healthy, fault_at)
-    if fault in ("freeze", "cut") and held and (outcome.takeover_seconds or 0) < LEASE - HEARTBEAT:
+    if fault in ("freeze", "cut") and claimed and (outcome.takeover_seconds or 0) < LEASE - HEARTBEAT:
         outcome.problems.append(f"{fault}: taken over after {outcome.takeover_seconds}s, before the lease of {LEASE}s")
     time.sleep(1.0)
     if fault == "freeze":
+        # Past its lease even if it held no claim (then nothing was waited for): it must join again.
+        time.sleep(max(0.0, fault_at + LEASE + HEARTBEAT - time.monotonic()))
         os.kill(victims[0].pid, signal.SIGCONT)
     elif fault == "cut":
         victim_host.heal()
