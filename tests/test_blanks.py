@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import Project, child_pids, process_gone, wait_for
 
-from spoold.spool.blanks import AHEAD, FLUSH_AT, Blanks, prefix_of
+from spoold.spool.blanks import AHEAD, FLUSH_AT, MAX_RELEASED, PIPE_BUF, Blanks, blank_name, prefix_of
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the helper in /proc")
 
@@ -100,6 +100,36 @@ def test_a_linked_blanks_name_is_removed_by_the_helper_in_batches(tmp_path: Path
         blanks.close()
     assert blanks_of(tmp, "node-1") == {}  # the two never sent are removed at close
     assert all(linked.stat().st_nlink == 1 for _, linked in held)
+
+
+def test_a_long_batch_goes_in_whole_lines_and_a_stopped_helper_holds_none_back(tmp_path: Path) -> None:
+    """More names than one atomic pipe write holds, to a helper that is stopped until its pipe is full: every
+    write is whole lines, what does not fit the daemon removes itself, and no other blank goes."""
+    prefix = prefix_of("node-1")
+    blanks = Blanks(tmp_path, "node-1")
+    assert blanks.take() is None
+    wait_for(lambda: len(blanks_of(tmp_path, "node-1")) == AHEAD, 10, f"{AHEAD} blanks")
+    made = set(blanks_of(tmp_path, "node-1"))  # not taken: nothing may remove them
+    assert blanks.helper is not None
+    helper = blanks.helper.pid
+    fake = list(range(100_000, 100_000 + 12_000))  # 8 bytes a line: more than the pipe's 64 KiB
+    assert len(fake) * 8 > 16 * PIPE_BUF and len(fake) > MAX_RELEASED
+    sample = fake[::120]  # made to see them go; the helper's unlink of the others finds nothing
+    for number in sample:
+        (tmp_path / blank_name(prefix, number)).touch()
+    os.kill(helper, signal.SIGSTOP)
+    try:
+        blanks.linked = list(fake)  # as if each had been linked into place
+        blanks.flush(idle=True)
+        assert blanks.linked == []  # sent, or (the pipe full) removed by the daemon
+    finally:
+        os.kill(helper, signal.SIGCONT)
+    try:
+        wait_for(lambda: not any((tmp_path / blank_name(prefix, n)).exists() for n in sample), 20, "all removed")
+        blanks.flush(idle=True)
+        assert set(blanks_of(tmp_path, "node-1")) == made
+    finally:
+        blanks.close()
 
 
 def test_a_daemon_commits_into_the_next_blank_and_removes_the_rest_when_it_stops(project: Project) -> None:

@@ -14,8 +14,8 @@ Once a commit has linked a blank into place, its name in tmp/ is the helper's to
 tmp/ waits for the folder's lock, which the helper's create holds for as long as the allocator takes, and
 waiting for it there spun the loop's CPU (a median of 35 µs, a tenth of them above 650 µs per job on a
 journal-less ext4). The helper's own creates and unlinks come one after the other. The names are sent in
-batches (at most FLUSH_AT, and every time the loop goes to sleep), so a committed file has a second
-name in tmp/ for at most that many commits.
+batches: FLUSH_AT at a time, or what is left when the loop is about to sleep with no job running or once
+the oldest waited FLUSH_SECONDS. Until then a committed file has a second, hidden name in tmp/.
 
 The helper is this file run as a script (stdlib only, no spoold import): it reads lines on its stdin,
 `N` to make `PREFIXi.part` for every i below N, in order, and `ri` to remove `PREFIXi.part`; at the end
@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import select
 import subprocess
 import sys
 import threading
@@ -40,6 +41,7 @@ AHEAD = 64  # blanks asked for beyond the last one taken; asked again once half 
 FLUSH_AT = 16  # linked blanks whose tmp/ names are sent to the helper together (the loop's sleep sends the rest)
 FLUSH_SECONDS = 1.0  # or once the oldest of them was released this long ago, at the loop's next sleep
 MAX_RELEASED = 1024  # names held back for a helper whose pipe stays full, beyond which the daemon removes them
+PIPE_BUF = getattr(select, "PIPE_BUF", 512)  # a pipe write up to this size is never split (POSIX: at least 512)
 STOP_TIMEOUT_SECONDS = 2.0
 SUFFIX = ".part"  # what tmp/ holds while it is written: reaped once old if its daemon never removed it
 
@@ -139,21 +141,34 @@ class Blanks:
             self.asked = upto
 
     def _send(self, order: bytes) -> bool:
-        """Write the released names' removals, then `order`, in one write; False if it was not written
-        (a full pipe: the helper is far behind, and the batch waits for the next write)."""
+        """Write the released names' removals, then `order` (a line, or nothing); False if not all of it
+        was written (a full pipe: the helper is far behind; what is left waits for the next write).
+
+        Each write holds whole lines and at most PIPE_BUF bytes, so that it is written whole or not at all:
+        the pipe is non-blocking, and a longer write could stop inside a line."""
         assert self.helper is not None and self.helper.stdin is not None
-        removals = b"".join(b"r%d\n" % number for number in self.linked)
-        try:
-            os.write(self.helper.stdin.fileno(), removals + order)  # short enough to be one atomic write
-        except BlockingIOError:
-            if len(self.linked) >= MAX_RELEASED:  # a helper that reads nothing (stopped?) must not hold them all
-                self._remove_released()
-            return False
-        except OSError as e:
-            self._gone(e.strerror or str(e))
-            return False
-        self.linked.clear()
-        return True
+        lines = [b"r%d\n" % number for number in self.linked] + ([order] if order else [])
+        sent = 0
+        while sent < len(lines):
+            chunk: list[bytes] = []
+            size = 0
+            for line in lines[sent:]:
+                if chunk and size + len(line) > PIPE_BUF:
+                    break
+                chunk.append(line)
+                size += len(line)
+            try:
+                os.write(self.helper.stdin.fileno(), b"".join(chunk))
+            except BlockingIOError:
+                break
+            except OSError as e:
+                self._gone(e.strerror or str(e))
+                return False
+            sent += len(chunk)
+        del self.linked[:sent]
+        if len(self.linked) >= MAX_RELEASED:  # a helper that reads nothing (stopped?) must not hold them all
+            self._remove_released()
+        return sent == len(lines)
 
     def _gone(self, why: str) -> None:
         log.warning("the helper that makes commit files ahead ended (%s); commits make their own", why)
