@@ -34,6 +34,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -176,10 +177,13 @@ class Blanks:
         self._remove_released()
 
     def _remove_released(self) -> None:
-        for number in self.linked:
+        self._remove(self.linked)
+        self.linked.clear()
+
+    def _remove(self, numbers: Iterable[int]) -> None:
+        for number in numbers:
             with contextlib.suppress(OSError):
                 os.unlink(self.folder / blank_name(self.prefix, number))
-        self.linked.clear()
 
     def close(self) -> None:
         """End the helper, then remove the blanks it may have made that were not taken."""
@@ -194,9 +198,7 @@ class Blanks:
                 helper.kill()
                 helper.wait()
         self._remove_released()  # the helper was never told of them
-        for number in range(self.taken, self.asked):
-            with contextlib.suppress(OSError):
-                os.unlink(self.folder / blank_name(self.prefix, number))
+        self._remove(range(self.taken, self.asked))
 
 
 def remove_left(folder: Path, node_id: str) -> None:
