@@ -6,6 +6,7 @@
 Each repeat drains JOBS no-op jobs once with REV's `spoold` package (checked out into a temporary
 folder, put first on the project's PYTHONPATH) and once with the working tree's, so both see the same
 machine at nearly the same moment; a shared machine's noise then shows as spread, not as a difference.
+The two take turns at going first (REV first in even repeats): use an even REPEATS.
 Prints jobs/s (start-up included) and CPU ms per job of the daemon (all its threads and its blank-file
 helper process, and its main thread alone) and of every process, as bench/profile.py's accounting reads
 them from /proc. Linux only.
@@ -61,9 +62,12 @@ def main() -> int:
     try:
         base = checkout(rev, work / "tree")
         rows: dict[str, list[tuple[float, float, float, float]]] = {rev: [], "working tree": []}
-        for _ in range(repeats):
-            rows[rev].append(drain(base, jobs, isolation, durability))
-            rows["working tree"].append(drain(None, jobs, isolation, durability))
+        for repeat in range(repeats):
+            # ABBA: the drain that goes second follows the first one's removals, which on ext4 without a
+            # journal slow its creates (bench/README.md, "The filesystem"), so neither side always goes second.
+            order = [(rev, base), ("working tree", None)]
+            for name, package in order if repeat % 2 == 0 else reversed(order):
+                rows[name].append(drain(package, jobs, isolation, durability))
     finally:
         subprocess.run(["git", "-C", str(HERE.parent), "worktree", "remove", "--force", str(work / "tree")],
                        capture_output=True)

@@ -111,6 +111,10 @@ def _check_tree(value: Any) -> None:
                 stack.extend((child, depth + 1) for child in item)
 
 
+# Made once: json.loads with any option builds a new decoder per call.
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_constants, parse_float=_finite)
+
+
 def decode_document(data: bytes) -> dict[str, Any]:
     """Bytes of a job file -> the JSON object in it; JobRejected names what is wrong."""
     if data.startswith(b"\xef\xbb\xbf"):
@@ -120,8 +124,7 @@ def decode_document(data: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise JobRejected(f"not UTF-8: invalid byte at offset {e.start}") from e
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants,
-                           parse_float=_finite)
+        value = _DECODER.decode(text)
     except json.JSONDecodeError as e:
         # Some of json's messages end in "at" already ("Unterminated string starting at").
         where = "" if e.msg.endswith(" at") else " at"

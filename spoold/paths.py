@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -83,35 +84,43 @@ class SpoolPaths:
 
     root: Path
 
+    @functools.cached_property
+    def _folders(self) -> dict[str, Path]:
+        return {}
+
     def folder(self, name: str) -> Path:
-        return self.root / name
+        """`root/name`, made once: a claim and a commit ask for their folders every time (a Path costs µs)."""
+        path = self._folders.get(name)
+        if path is None:
+            path = self._folders[name] = self.root / name
+        return path
 
     @property
     def tmp(self) -> Path:
-        return self.root / Folder.TMP
+        return self.folder(Folder.TMP)
 
     @property
     def scheduled(self) -> Path:
-        return self.root / Folder.SCHEDULED
+        return self.folder(Folder.SCHEDULED)
 
     @property
     def running(self) -> Path:
-        return self.root / Folder.RUNNING
+        return self.folder(Folder.RUNNING)
 
     @property
     def done(self) -> Path:
-        return self.root / Folder.DONE
+        return self.folder(Folder.DONE)
 
     @property
     def failed(self) -> Path:
-        return self.root / Folder.FAILED
+        return self.folder(Folder.FAILED)
 
     @property
     def rejected(self) -> Path:
-        return self.root / Folder.REJECTED
+        return self.folder(Folder.REJECTED)
 
     def ready(self, priority: str) -> Path:
-        return self.root / priority
+        return self.folder(priority)
 
     @property
     def markers(self) -> Path:
@@ -126,7 +135,7 @@ class SpoolPaths:
         return job_id + JOB_SUFFIX
 
     def job_file(self, folder: str, job_id: str) -> Path:
-        return self.root / folder / (job_id + JOB_SUFFIX)
+        return self.folder(folder) / (job_id + JOB_SUFFIX)
 
     def reason_file(self, job_id: str) -> Path:
         return self.rejected / (job_id + REASON_SUFFIX)

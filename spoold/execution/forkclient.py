@@ -28,7 +28,7 @@ from spoold.config import Config
 from spoold.execution.groups import kill_group
 from spoold.execution.preload import NOTHING_FOUND, PreloadReport
 from spoold.execution.process import ChildProcess
-from spoold.execution.protocol import encode, kill_request, split_lines, start_request
+from spoold.execution.protocol import encode, kill_request, read_available, split_lines, start_request
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_SECONDS = 30.0
@@ -118,7 +118,7 @@ class ForkServerLauncher:
         with self.lock:
             self.waiting[job_id], self.exits[job_id] = child, on_exit
             try:
-                self._send(start_request(job_id, spec, str(child.scratch_file(".out")), env))
+                self._send(start_request(job_id, spec, child.scratch_name(".out"), env))
             except OSError:
                 self._forget(job_id)
                 raise
@@ -142,14 +142,8 @@ class ForkServerLauncher:
         proc = self.reading
         if proc is None or proc.stdout is None:
             return
-        fd, chunks = proc.stdout.fileno(), []
-        try:
-            while chunk := os.read(fd, 65536):
-                chunks.append(chunk)
-            ended = True
-        except BlockingIOError:
-            ended = False
-        lines, self.buffer = split_lines(self.buffer, b"".join(chunks))
+        data, ended = read_available(proc.stdout.fileno())
+        lines, self.buffer = split_lines(self.buffer, data)
         for line in lines:
             try:
                 message = json.loads(line)

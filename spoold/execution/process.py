@@ -52,6 +52,10 @@ class ChildProcess:
     def scratch_file(self, suffix: str) -> Path:
         return self.stem.with_name(self.stem.name + suffix)
 
+    def scratch_name(self, suffix: str) -> str:
+        """scratch_file's name as a string, for a request: no Path made (a job's start asks for two)."""
+        return os.fspath(self.stem) + suffix
+
     def kill(self, reason: str) -> None:
         """Kill the child and everything it started; `reason` (Timeout, Interrupted, Cancelled) is kept."""
         self.killed_for = self.killed_for or reason
@@ -174,7 +178,7 @@ def start_child(job: Job, config: Config, stem: Path, on_exit: Callable[[str], N
     spec: dict[str, Any] = {
         "class": job.class_name, "method": job.method, "params": job.params, "namespace": config.namespace,
         "root": str(config.root), "allowed_methods": list(allowed_methods),
-        "result_path": str(child.scratch_file(".result"))}
+        "result_path": child.scratch_name(".result")}
     if config.bootstrap:
         spec["bootstrap"] = config.bootstrap
     if config.memory_limit_mb:

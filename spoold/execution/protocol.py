@@ -37,6 +37,26 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
+READ_SIZE = 65536
+
+
+def read_available(fd: int) -> tuple[bytes, bool]:
+    """What a non-blocking pipe holds now, and whether it has reached its end. A read shorter than asked
+    emptied the pipe (a pipe gives all it holds), so no read is made only to hear EAGAIN: the caller's
+    poll says when more comes, or the end. OSError (EAGAIN aside) counts as the end."""
+    chunks = []
+    try:
+        while chunk := os.read(fd, READ_SIZE):
+            chunks.append(chunk)
+            if len(chunk) < READ_SIZE:
+                return b"".join(chunks), False
+    except BlockingIOError:
+        return b"".join(chunks), False
+    except OSError:
+        pass
+    return b"".join(chunks), True
+
+
 def read_tail(fd: int, limit: int = OUTPUT_TAIL_BYTES) -> str:
     """The last `limit` bytes of the open file `fd`, as text: what a job printed, for its run's record."""
     size = os.fstat(fd).st_size

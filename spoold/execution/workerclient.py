@@ -28,6 +28,7 @@ from spoold.execution.protocol import (
     encode,
     is_worker_reply,
     kill_worker_request,
+    read_available,
     split_lines,
     start_request,
     worker_output,
@@ -70,7 +71,7 @@ class WorkerPoolLauncher(ForkServerLauncher):
                on_exit: Callable[[str], None]) -> None:
         """Write the job's request to an idle worker (a new one if none is idle) and return."""
         job_id = child.job.id
-        out = str(child.scratch_file(".out"))
+        out = child.scratch_name(".out")
         request = encode(start_request(job_id, spec, out, env))
         with self.lock:
             for _ in range(2):
@@ -133,16 +134,9 @@ class WorkerPoolLauncher(ForkServerLauncher):
                 self._read_replies(worker)
 
     def _read_replies(self, worker: WorkerPipes) -> None:
-        chunks = []
-        try:
-            while chunk := os.read(worker.from_worker, 65536):  # a reply holds a result: it may be large
-                chunks.append(chunk)
-            worker.ended = True
-        except BlockingIOError:
-            pass
-        except OSError:
-            worker.ended = True
-        lines, worker.buffer = split_lines(worker.buffer, b"".join(chunks))
+        data, ended = read_available(worker.from_worker)  # a reply holds a result: it may be large
+        worker.ended = worker.ended or ended
+        lines, worker.buffer = split_lines(worker.buffer, data)
         for line in lines:
             if not is_worker_reply(line):  # its preload report: a later worker's failure shows in its jobs
                 continue

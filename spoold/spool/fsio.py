@@ -102,6 +102,15 @@ def _stage_all(tmp_dir: Path, files: Sequence[tuple[bytes, Path]], results: list
     return staged
 
 
+if os.access in os.supports_follow_symlinks:
+    def name_exists(path: str | os.PathLike[str]) -> bool:
+        """`os.path.lexists`, without the exception a missing name costs it (faccessat, no symlink followed):
+        the checks at every claim ask mostly about names that are not there."""
+        return os.access(path, os.F_OK, follow_symlinks=False)
+else:  # Windows
+    name_exists = os.path.lexists
+
+
 def same_file(a: Path, b: Path) -> bool:
     """True if both names are links to one file (never follows a symlink)."""
     try:

@@ -20,7 +20,7 @@ from spoold.errors import JobRejected
 from spoold.job import Job, parse_job
 from spoold.logs import EventLog
 from spoold.paths import JOB_SUFFIX, READY, id_from_name, new_job_id, seized_name, unseized_name
-from spoold.spool.fsio import read_bounded_stat
+from spoold.spool.fsio import name_exists, read_bounded_stat
 from spoold.spool.moves import Mover
 from spoold.spool.node import Node
 from spoold.spool.unique import take_key
@@ -163,7 +163,7 @@ class Intake:
         A committed copy of the same id that still waits for the reaper (a job retried and claimed again at
         once) is gone first: after a crash it would be recovered beside the new claim (spool/reaper.py)."""
         target = self.node.folder / (job_id + JOB_SUFFIX)
-        if os.path.lexists(target):
+        if name_exists(target):
             job_id = new_job_id()
             target = self.node.folder / (job_id + JOB_SUFFIX)
         if self.mover.reaper is not None:

@@ -17,7 +17,7 @@ from spoold.errors import Fenced, LostClaim, NameTaken
 from spoold.job import Job, dump_job
 from spoold.paths import JOB_SUFFIX, READY, Folder, SpoolPaths, id_from_name, new_job_id, seized_name
 from spoold.spool.blanks import Blanks
-from spoold.spool.fsio import fsync_dir, move_no_replace, publish, publish_many, renamed_from, write_tmp
+from spoold.spool.fsio import fsync_dir, move_no_replace, name_exists, publish, publish_many, renamed_from, write_tmp
 from spoold.spool.reaper import Drop, Reaper, remove_committed_copy
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class Mover:
         skip = os.fspath(besides) if besides is not None else None
         for folder in TAKEN_CHECK:  # plain strings: this runs at every claim
             path = os.path.join(root, folder, name)
-            if path != skip and os.path.lexists(path) and not (skip is not None and renamed_from(path, skip)):
+            if path != skip and name_exists(path) and not (skip is not None and renamed_from(path, skip)):
                 return True
         return False
 
