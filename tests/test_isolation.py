@@ -8,6 +8,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import Project, process_gone, read_pid, wait_for
@@ -192,3 +193,90 @@ def test_a_fork_server_that_died_while_idle_costs_no_job(project: Project) -> No
     assert _parent(doc["result"]["pid"]) != server
     assert [run["outcome"] for run in doc["history"]] == ["success"]
     assert project.stop(daemon)[0] == 0
+
+
+# -- a job waiting in a busy worker's pipe (docs/design.md, M12) -------------------------------------------
+
+
+def _queued_behind(project: Project, seconds: str, **config: Any) -> tuple[subprocess.Popen[str], str, Path]:
+    """One worker busy with a Sleep job (its marker written once it runs) and the daemon started."""
+    project.configure(workers=1, **config)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    marker = project.root / "first.pid"
+    first = project.submit("Sleep", "handle", [seconds, str(marker)])
+    wait_for(marker.exists, 10, "the first job running")
+    return daemon, first, marker
+
+
+def test_a_job_waits_for_its_busy_worker_and_its_time_limit_starts_when_the_worker_takes_it(project: Project) -> None:
+    """With every worker busy, the next job waits in one's pipe: it starts when that worker replies, and its
+    `started` line, its `started_at` and its time limit count from then, not from its claim."""
+    daemon, first, _ = _queued_behind(project, "1.5", max_execution_time=2)
+    second = project.submit("Sleep", "handle", ["1.5"])
+    wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
+    assert "started" not in project.events(second)  # claimed, waiting for the worker
+    wait_for(lambda: project.has("done", second), 20, "the second job done")
+    one, two = project.doc("done", first), project.doc("done", second)
+    assert two["started_at"] >= one["finished_at"], (one, two)  # ISO times of one clock: they sort
+    assert two["attempts"] == 1 and [run["outcome"] for run in two["history"]] == ["success"]
+    assert two["history"][0]["pid"] == one["history"][0]["pid"]  # the same worker: it never waited for us
+    assert project.events(second) == ["started", "success"]
+    assert project.stop(daemon)[0] == 0
+
+
+def test_cancelling_a_waiting_job_takes_it_back_unrun_and_leaves_its_workers_job_running(project: Project) -> None:
+    daemon, first, _ = _queued_behind(project, "2")
+    sentinel = project.root / "ran.txt"
+    second = project.submit("WriteSentinel", "handle", [str(sentinel)])
+    wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
+    result = project.cli("cancel", second, "--config", str(project.config))
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: project.has("failed", second), 10, "the waiting job cancelled")
+    assert project.doc("failed", second)["error"]["type"] == "Cancelled"
+    wait_for(lambda: project.has("done", first), 20, "the worker's own job goes on to its end")
+    assert not sentinel.exists()  # it never ran
+    assert project.stop(daemon)[0] == 0
+
+
+def test_a_stop_puts_a_waiting_job_back_with_no_run_counted(project: Project) -> None:
+    daemon, first, _ = _queued_behind(project, "1")
+    sentinel = project.root / "ran.txt"
+    second = project.submit("WriteSentinel", "handle", [str(sentinel)])
+    wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
+    assert project.stop(daemon)[0] == 0
+    assert project.has("done", first)  # the running one had its grace
+    back = project.doc("medium", second)  # the waiting one is back as it was submitted
+    assert "attempts" not in back or back["attempts"] == 0
+    assert "history" not in back and not sentinel.exists()
+    assert project.drain().returncode == 0
+    assert project.doc("done", second)["attempts"] == 1 and sentinel.read_text() == "ran\n"
+
+
+def test_a_job_waiting_behind_a_long_one_moves_to_a_worker_that_comes_free(project: Project) -> None:
+    project.configure(workers=2)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    long_marker, short_marker = project.root / "long.pid", project.root / "short.pid"
+    long = project.submit("Sleep", "handle", ["6", str(long_marker)])
+    wait_for(long_marker.exists, 10, "the long job running")
+    short = project.submit("Sleep", "handle", ["0.5", str(short_marker)])
+    wait_for(short_marker.exists, 10, "the short job running")
+    waiting = project.submit("WhoAmI")  # both busy: it waits in one worker's pipe
+    wait_for(lambda: project.has("done", waiting), 4, "the waiting job run by the worker that came free first")
+    assert project.has("running", long)
+    assert project.doc("done", waiting)["result"]["pid"] == int(short_marker.read_text())
+    assert project.events(waiting) == ["started", "success"] and project.events(short) == ["started", "success"]
+    assert project.stop(daemon, timeout=30)[0] == 0
+
+
+def test_a_worker_that_dies_with_a_job_waiting_leaves_that_job_to_run_once_elsewhere(project: Project) -> None:
+    project.configure(workers=1)
+    project.set_keys(isolation='"worker"')
+    dying = project.submit("KillSelf")
+    after = project.submit("WhoAmI")  # with one worker, it waits in the dying worker's pipe
+    assert project.drain().returncode == 0
+    assert project.doc("failed", dying)["error"]["type"] == "Crashed"
+    doc = project.doc("done", after)
+    assert doc["attempts"] == 1 and [run["outcome"] for run in doc["history"]] == ["success"]
+    assert project.events(after) == ["started", "success"]

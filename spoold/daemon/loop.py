@@ -246,6 +246,9 @@ class Daemon:
             self.reload()
         if self.signals.stop_requests and self.grace_deadline is None:
             self.grace_deadline = now + self.config.shutdown_grace_seconds
+            for running in self.children.values():
+                if running.child.queued:  # not taken by its worker yet: it goes back, no run counted
+                    running.child.kill("Interrupted")
             log.info("stopping: %d running job(s) get %gs to finish", len(self.children),
                      self.config.shutdown_grace_seconds)
         if self.signals.stop_requests > 1 and self.grace_deadline is not None:
@@ -335,8 +338,9 @@ class Daemon:
         COMMIT_WINDOW × workers finished ones wait for the committer: a kill re-runs every run not yet
         committed, so this bounds what one kill can re-run (docs/design.md, C2)."""
         workers = self.config.workers
-        return (now >= self.claims_held_until and len(self.children) + len(self.committer.pending) < workers
-                and self.committer.in_flight < COMMIT_WINDOW * workers)
+        held = len(self.children) + len(self.committer.pending)
+        return (now >= self.claims_held_until and self.committer.in_flight < COMMIT_WINDOW * workers
+                and (held < workers or (held < 2 * workers and self.launcher.can_queue())))
 
     def start_ready(self, now: float) -> None:
         aging = self.config.priority_aging_seconds
@@ -460,11 +464,24 @@ class Daemon:
             self.limits.release(job_id)  # its [concurrency] slot is free as soon as its child is gone
             if running is None:
                 continue
+            if running.child.not_started and running.child.killed_for != "Cancelled":
+                self.put_back(running.claim)
+                continue
             try:
                 finished = self.runs.settle(running.claim.job, running.claim.path, running.child, self.config, now)
                 self.committer.finish(finished, self.config)  # its slot is free now, whoever writes it
             except Exception:
                 log.exception("job=%s unexpected error while finishing; the daemon goes on", job_id)
+
+    def put_back(self, claim: Claim) -> None:
+        """A job that waited for a busy worker and never started (a stop, or its worker died first): back
+        to its ready folder as it was claimed, no run counted. A fenced daemon leaves it for the others."""
+        if self.node.heartbeat.fenced:
+            return
+        try:
+            self.mover.write_back(claim.path, self.paths.ready(claim.source) / claim.path.name)
+        except Exception:
+            log.exception("job=%s cannot be put back; its claim stays for recovery", claim.job.id)
 
     def written(self, item: Finished, target: Path) -> None:
         """After a job's move is durable (in this thread): note a scheduled job's due time, log the outcome."""

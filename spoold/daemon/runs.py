@@ -8,6 +8,7 @@ that move is durable is the run's outcome logged (docs/design.md, L1-L5).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -17,7 +18,7 @@ from spoold.daemon.committer import Finished
 from spoold.execution.process import ChildProcess, Launcher, start_child
 from spoold.job import Job
 from spoold.logs import EventLog
-from spoold.outcomes import Settled, begin_run, settle_run
+from spoold.outcomes import Settled, begin_run, iso, settle_run
 from spoold.spool.node import cancel_marker, cancelled_by
 
 
@@ -41,8 +42,16 @@ class Runs:
         begin_run(job, now)
         child = start_child(job, config, self.scratch / job.id, on_exit, launcher=self.launcher,
                             allowed_methods=config.allowed_jobs[job.class_name], timeout=run_timeout(job, config))
-        self.events.job_event("started", job)
+        if child.queued:  # it waits for a busy worker: it starts, and is stamped and logged, when taken
+            child.on_start = lambda: self.taken(job)
+        else:
+            self.events.job_event("started", job)
         return child
+
+    def taken(self, job: Job) -> None:
+        """A queued job's worker took it: its run starts now."""
+        job.doc["started_at"] = iso(time.time())
+        self.events.job_event("started", job)
 
     def settle(self, job: Job, claimed: Path, child: ChildProcess, config: Config, now: float) -> Finished:
         """Once the child has exited: record the run in the document and decide where the job goes. A cancel

@@ -131,6 +131,10 @@ class ForkServerLauncher:
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
 
+    def can_queue(self) -> bool:
+        """A child per job starts at once: nothing waits for a busy one."""
+        return False
+
     def filenos(self) -> list[int]:
         """Inline: the fds to wait on for the server's messages (none: no server to hear from now)."""
         proc = self.reading
@@ -193,11 +197,12 @@ class ForkServerLauncher:
             kill_group(child.pid)
 
     def _ended(self, job_id: str, returncode: int, reply: dict[str, Any] | None = None,
-               output_file: str | None = None) -> None:
+               output_file: str | None = None, *, not_started: bool = False) -> None:
         with self.lock:
             child, on_exit = self._forget(job_id)
         if child is None or on_exit is None:
             return
+        child.not_started = not_started
         child.reply = reply if isinstance(reply, dict) else None
         child.output_file = Path(output_file) if isinstance(output_file, str) else None
         child.returncode = returncode

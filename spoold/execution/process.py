@@ -48,6 +48,17 @@ class ChildProcess:
     exited: threading.Event = field(default_factory=threading.Event)
     reply: dict[str, Any] | None = None  # its outcome and output, sent with its end by a worker or the fork server
     output_file: Path | None = None  # where a worker that died mid-job had its output, instead of STEM.out
+    # Worker isolation: a job handed to a busy worker waits in its pipe (workerclient.py). Until the worker
+    # takes it, its time limit does not run; `on_start` is called when it does. `not_started`: it ended
+    # without the worker ever taking it (taken back, or the worker died first): it never ran.
+    queued: bool = False
+    not_started: bool = False
+    on_start: Callable[[], None] = lambda: None
+
+    def begin(self, now: float) -> None:
+        """A queued job's worker has taken it: from now on it runs, and its time limit with it."""
+        self.queued, self.started, self.deadline = False, now, now + self.timeout
+        self.on_start()
 
     def scratch_file(self, suffix: str) -> Path:
         return self.stem.with_name(self.stem.name + suffix)
@@ -159,6 +170,11 @@ class Launcher(Protocol):
         ...
 
     def close(self) -> None: ...
+
+    def can_queue(self) -> bool:
+        """One more job could be launched now, beyond one per worker: it waits for a busy worker (worker
+        isolation only)."""
+        ...
 
     def filenos(self) -> list[int]:
         """The fds the caller's loop may wait on, then call pump(); none when its children report otherwise."""

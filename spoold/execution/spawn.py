@@ -70,6 +70,9 @@ class SpawnLauncher:
     def close(self) -> None:
         pass
 
+    def can_queue(self) -> bool:
+        return False
+
     def filenos(self) -> list[int]:
         return []  # each child has a waiter thread
 

@@ -42,12 +42,14 @@ from spoold.execution.serverloop import Server
 
 @dataclass
 class Worker:
-    """A worker as the server knows it; its pipe ends are -1 once handed to the daemon."""
+    """A worker as the server knows it; its pipe ends are -1 once handed to the daemon. `requests`: the read
+    end of its request pipe, which the daemon keeps too, to take back a request the worker has not read."""
 
     pid: int
     to_worker: int
     from_worker: int
     number: int
+    requests: int = -1
     buffer: bytes = b""  # what it said after its preload report, before it was handed over (never so far)
 
 
@@ -113,7 +115,9 @@ class WorkerServer(Server):
         return report
 
     def _fork_worker(self) -> Worker:
-        to_read, to_write = os.pipe()
+        # Requests go over a socket pair, not a pipe: the daemon keeps the worker's end too, and takes back
+        # a request the worker has not read with recv(MSG_DONTWAIT), which leaves the worker's end blocking.
+        to_read, to_write = (end.detach() for end in socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM))
         from_read, from_write = os.pipe()
         sys.stdout.flush()
         server = os.getpid()
@@ -121,11 +125,10 @@ class WorkerServer(Server):
         if pid == 0:
             inherited = [to_write, from_read, self.wakeup_read, self.wakeup_write, self.channel.fileno()]
             if self.spare is not None:
-                inherited += [self.spare.to_worker, self.spare.from_worker]
+                inherited += [self.spare.to_worker, self.spare.from_worker, self.spare.requests]
             _work(to_read, from_write, self.max_jobs, inherited, server, self.preload)
-        os.close(to_read)
         os.close(from_write)
-        worker = Worker(pid, to_write, from_read, number=next(self.numbers))
+        worker = Worker(pid, to_write, from_read, number=next(self.numbers), requests=to_read)
         self.workers[worker.number] = worker
         return worker
 
@@ -135,11 +138,11 @@ class WorkerServer(Server):
         worker, self.spare = self.spare or self._fork_worker(), None
         message = encode({"worker": worker.number, "pid": worker.pid, "early": worker.buffer.decode("latin-1")})
         try:
-            socket.send_fds(self.channel, [message], [worker.to_worker, worker.from_worker])
+            socket.send_fds(self.channel, [message], [worker.to_worker, worker.from_worker, worker.requests])
         finally:
-            os.close(worker.to_worker)
-            os.close(worker.from_worker)
-            worker.to_worker = worker.from_worker = -1
+            for fd in (worker.to_worker, worker.from_worker, worker.requests):
+                os.close(fd)
+            worker.to_worker = worker.from_worker = worker.requests = -1
 
     def handle(self, request: dict[str, Any], raw: bytes) -> None:
         if "worker" in request:
@@ -160,7 +163,7 @@ class WorkerServer(Server):
             if done == 0:
                 continue
             kill_group(worker.pid)  # whatever its jobs left behind
-            for fd in (worker.to_worker, worker.from_worker):
+            for fd in (worker.to_worker, worker.from_worker, worker.requests):
                 if fd >= 0:
                     os.close(fd)
             del self.workers[number]
