@@ -195,7 +195,7 @@ def test_a_fork_server_that_died_while_idle_costs_no_job(project: Project) -> No
     assert project.stop(daemon)[0] == 0
 
 
-# -- a job waiting in a busy worker's pipe (docs/design.md, M12) -------------------------------------------
+# -- a job waiting in a busy worker's pipe (docs/design.md, M14) -------------------------------------------
 
 
 def _queued_behind(project: Project, seconds: str, **config: Any) -> tuple[subprocess.Popen[str], str, Path]:

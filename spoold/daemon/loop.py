@@ -45,7 +45,8 @@ log = logging.getLogger(__name__)
 RETENTION_INTERVAL_SECONDS = 3600.0
 # Finished jobs per worker that may wait for the committer: larger batches share their folder fsyncs
 # (a window of 2 per worker cost worker/fsync a third of its rate, 8 about a sixth, against none), and
-# one kill re-runs at most workers + COMMIT_WINDOW × workers - 1 jobs (docs/design.md, C2).
+# one kill re-runs at most workers + COMMIT_WINDOW × workers - 1 jobs (docs/design.md, C2), and in worker
+# isolation one more per worker, the job waiting in its pipe (M14).
 COMMIT_WINDOW = 8
 SCAN_AHEAD = 8  # jobs known per worker before a scan under way is paced (ReadyIndex.rescan_paced)
 REJOIN = -1  # run() after a lost lease: not an exit code, the caller opens a new daemon

@@ -1,6 +1,6 @@
 """The daemon's side of worker isolation: the fork server forks the workers, the daemon talks to them.
 
-Each worker's two pipe ends come from the server over a Unix socket (protocol.py). A job's request is
+Each worker's ends come from the server over a Unix socket (protocol.py). A job's request is
 written straight into an idle worker's pipe and its reply read straight from the worker's other pipe,
 so a job wakes no process but its worker: without this, the server passed each request and reply on,
 four hand-overs per job instead of two. The server still reaps the workers and kills their groups (by
@@ -109,7 +109,7 @@ class WorkerPoolLauncher(ForkServerLauncher):
                on_exit: Callable[[str], None]) -> None:
         """Write the job's request to an idle worker (a new one if none is idle) and return. When every
         worker is busy, it waits in one's pipe (`child.queued`) and starts the moment that worker replies:
-        the worker does not wait for the daemon between two jobs (docs/design.md, M12)."""
+        the worker does not wait for the daemon between two jobs (docs/design.md, M14)."""
         job_id = child.job.id
         out = child.scratch_name(".out")
         request = encode(start_request(job_id, spec, out, env))
