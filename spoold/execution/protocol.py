@@ -11,9 +11,10 @@ died before it wrote one).
 Worker isolation (workerpool.py) starts no job through the server. `{"worker": true}` asks it for a
 worker: it answers on a Unix socket the daemon gave it, `{"worker": N, "pid", "early"}` with three ends
 attached (SCM_RIGHTS): the one to write its requests on (a socket pair), its reply pipe's, and the
-worker's own end of the requests, from which the daemon takes back a request not read yet. The daemon then writes each job's `{"id", "spec", "out", "env"}`
-to the worker and reads `{"report": OUTCOME, "output": TAIL}` back; the worker's first line, its preload
-report (`{"preloaded": ...}`), is not a reply and is skipped. The server reports `{"worker_exited": N,
+worker's own end of the requests, from which the daemon takes back a request not read yet. The daemon
+then writes each job's `{"id", "spec", "out", "env"}` to the worker and reads `{"report": OUTCOME,
+"output": TAIL}` back; the worker's first line, its preload report (`{"preloaded": ...}`), is not a
+reply and is skipped. The server reports `{"worker_exited": N,
 "returncode"}` once it has reaped worker N (retired after its last job, or killed), and `{"kill_worker":
 N}` kills worker N's group while it is not reaped. A worker that died mid-job left its output in its
 own file (worker_output), which the daemon reads. End of the server's stdin ends the server.

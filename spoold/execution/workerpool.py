@@ -6,9 +6,10 @@ daemon's kill reaches the worker's whole group, the worker dies, and the next jo
 worker retires after `max_jobs_per_worker` jobs, so leaks do not grow without bound.
 
 The server forks the workers and reaps them; the daemon talks to each directly, on a socket pair for
-requests and a pipe for replies, whose ends the server passes it over a Unix socket (protocol.py): a request line in, `{"report", "output"}`
-out for each job, so a job costs this loop nothing. A worker's output goes to one file of its own,
-emptied for each job, and its outcome travels in its reply: no file per job.
+requests and a pipe for replies, whose ends the server passes it over a Unix socket (protocol.py): a
+request line in, `{"report", "output"}` out for each job, so a job costs this loop nothing. A worker's
+output goes to one file of its own, emptied for each job, and its outcome travels in its reply: no file
+per job.
 """
 
 from __future__ import annotations
