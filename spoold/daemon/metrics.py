@@ -143,7 +143,7 @@ class _SpoolGauges:
         if daemon is not None:  # always, once it serves
             yield GaugeMetricFamily("spoold_workers", "Jobs this daemon runs at once", value=daemon.config.workers)
             yield GaugeMetricFamily("spoold_workers_busy", "Jobs this daemon is running now",
-                                    value=len(daemon.children))
+                                    value=sum(1 for r in list(daemon.children.values()) if not r.child.queued))
 
 
 class _Server(ThreadingHTTPServer):

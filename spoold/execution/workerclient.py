@@ -290,14 +290,15 @@ class WorkerPoolLauncher(ForkServerLauncher):
             self._ended(worker.job_id, int(message.get("returncode") or -signal.SIGKILL), None, worker.output)
 
     def _end_unread(self, worker: WorkerPipes) -> None:
-        """A worker that is gone: the jobs whose requests it never read end unstarted (the daemon puts them
-        back, no run counted); the one it read, if any, is left to end as the caller says."""
+        """A worker that is gone, its last replies read: the jobs it never started end unstarted (the daemon
+        puts them back, no run counted); the one it read, if any, is left to end as the caller says. A job
+        still queued never started, whatever the worker had read of it: it would have replied first."""
         try:
             unread = _unread(worker)
         except OSError:
             unread = b""
-        if worker.queued is not None and len(unread) >= len(worker.queued_request):
-            unread = unread[:-len(worker.queued_request)]
+        if worker.queued is not None:
+            unread = unread[:-len(worker.queued_request)] if len(unread) >= len(worker.queued_request) else b""
             queued, worker.queued = worker.queued, None
             self._ended(queued, 0, not_started=True)
         if worker.job_id is not None and worker.request and len(unread) >= len(worker.request):
