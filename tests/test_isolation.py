@@ -212,8 +212,8 @@ def _queued_behind(project: Project, seconds: str, **config: Any) -> tuple[subpr
 def test_a_job_waits_for_its_busy_worker_and_its_time_limit_starts_when_the_worker_takes_it(project: Project) -> None:
     """With every worker busy, the next job waits in one's pipe: it starts when that worker replies, and its
     `started` line, its `started_at` and its time limit count from then, not from its claim."""
-    daemon, first, _ = _queued_behind(project, "1.5", max_execution_time=2)
-    second = project.submit("Sleep", "handle", ["1.5"])
+    daemon, first, _ = _queued_behind(project, "3", max_execution_time=4)
+    second = project.submit("Sleep", "handle", ["3"])  # killed after 1 s if its limit ran from its claim
     wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
     assert "started" not in project.events(second)  # claimed, waiting for the worker
     wait_for(lambda: project.has("done", second), 20, "the second job done")
@@ -221,7 +221,7 @@ def test_a_job_waits_for_its_busy_worker_and_its_time_limit_starts_when_the_work
     assert two["started_at"] >= one["finished_at"], (one, two)  # ISO times of one clock: they sort
     assert two["attempts"] == 1 and [run["outcome"] for run in two["history"]] == ["success"]
     assert two["history"][0]["pid"] == one["history"][0]["pid"]  # the same worker: it never waited for us
-    assert project.events(second) == ["started", "success"]
+    wait_for(lambda: project.events(second) == ["started", "success"], 10, "its lines (logged after the commit)")
     assert project.stop(daemon)[0] == 0
 
 
@@ -266,7 +266,8 @@ def test_a_job_waiting_behind_a_long_one_moves_to_a_worker_that_comes_free(proje
     wait_for(lambda: project.has("done", waiting), 4, "the waiting job run by the worker that came free first")
     assert project.has("running", long)
     assert project.doc("done", waiting)["result"]["pid"] == int(short_marker.read_text())
-    assert project.events(waiting) == ["started", "success"] and project.events(short) == ["started", "success"]
+    wait_for(lambda: project.events(waiting) == project.events(short) == ["started", "success"], 10,
+             "their lines (logged after the commit)")
     assert project.stop(daemon, timeout=30)[0] == 0
 
 
