@@ -281,3 +281,22 @@ def test_a_worker_that_dies_with_a_job_waiting_leaves_that_job_to_run_once_elsew
     doc = project.doc("done", after)
     assert doc["attempts"] == 1 and [run["outcome"] for run in doc["history"]] == ["success"]
     assert project.events(after) == ["started", "success"]
+
+
+def test_a_reload_to_more_workers_runs_more_jobs_at_once_in_worker_isolation(project: Project) -> None:
+    """The pool's size follows a SIGHUP: with two workers two jobs run at once, none waiting behind the other."""
+    project.configure(workers=1)
+    project.set_keys(isolation='"worker"')
+    daemon = project.start()
+    first = project.submit("WhoAmI")
+    wait_for(lambda: project.has("done", first), 10, "a job under one worker")
+    project.configure(workers=2)
+    project.set_keys(isolation='"worker"')
+    daemon.send_signal(signal.SIGHUP)
+    barrier = project.submit("WhoAmI")  # a pass after the signal: the reload is applied at its start
+    wait_for(lambda: project.has("done", barrier), 10, "a job after the reload")
+    markers = [project.root / f"sleep{n}.pid" for n in range(2)]
+    ids = [project.submit("Sleep", "handle", ["3", str(marker)]) for marker in markers]
+    wait_for(lambda: all(marker.exists() for marker in markers), 2.5, "both jobs running at once")
+    assert not any(project.has("done", job_id) for job_id in ids)
+    assert project.stop(daemon, timeout=30)[0] == 0

@@ -275,6 +275,7 @@ class Daemon:
         if self.workers_override is not None:
             new = replace(new, workers=self.workers_override)  # --workers wins over the file, as at start
         self.config = new
+        self.launcher.resize(new.workers)
         self.slots.due_at = 0.0  # the schedule may have changed: look at it at the next pass
         self.committer.set_durable(new.durability == "fsync")
         self.events.log_format = new.log_format  # the next line is written the new way

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -130,6 +131,9 @@ class ForkServerLauncher:
 
     def _forget(self, job_id: str) -> tuple[ChildProcess | None, Callable[[str], None] | None]:
         return self.waiting.pop(job_id, None), self.exits.pop(job_id, None)
+
+    def resize(self, workers: int) -> None:
+        self.config = replace(self.config, workers=workers)
 
     def can_queue(self) -> bool:
         """A child per job starts at once: nothing waits for a busy one."""

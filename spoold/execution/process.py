@@ -171,6 +171,10 @@ class Launcher(Protocol):
 
     def close(self) -> None: ...
 
+    def resize(self, workers: int) -> None:
+        """A reload changed `workers`: the pool's size from now on."""
+        ...
+
     def can_queue(self) -> bool:
         """One more job could be launched now, beyond one per worker: it waits for a busy worker (worker
         isolation only)."""

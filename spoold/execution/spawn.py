@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 from collections.abc import Callable, Collection
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,9 @@ class SpawnLauncher:
 
     def close(self) -> None:
         pass
+
+    def resize(self, workers: int) -> None:
+        self.config = replace(self.config, workers=workers)
 
     def can_queue(self) -> bool:
         return False

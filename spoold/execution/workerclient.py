@@ -230,6 +230,8 @@ class WorkerPoolLauncher(ForkServerLauncher):
         """A worker is idle while a job waits in another's pipe (behind a long job, say): move it over."""
         max_jobs = self.config.max_jobs_per_worker
         with self.lock:
+            if sum(1 for w in self.workers.values() if w.job_id is not None and not w.ended) >= self.config.workers:
+                return  # a reload made the pool smaller: an idle worker beyond it takes nothing
             for idle in [w for w in self.workers.values() if w.job_id is None and w.jobs < max_jobs and not w.ended]:
                 busy = next((w for w in self.workers.values() if w.queued is not None and not w.ended), None)
                 if busy is None:
