@@ -198,6 +198,15 @@ def test_a_fork_server_that_died_while_idle_costs_no_job(project: Project) -> No
 # -- a job waiting in a busy worker's pipe (docs/design.md, M14) -------------------------------------------
 
 
+def _waiting_sentinel(project: Project) -> tuple[str, Path]:
+    """A WriteSentinel job submitted behind the busy worker and claimed (so waiting in its pipe), and the
+    file it would write if it ran."""
+    sentinel = project.root / "ran.txt"
+    job_id = project.submit("WriteSentinel", "handle", [str(sentinel)])
+    wait_for(lambda: project.has("running", job_id), 10, "the second job claimed while the first runs")
+    return job_id, sentinel
+
+
 def _queued_behind(project: Project, seconds: str, **config: Any) -> tuple[subprocess.Popen[str], str, Path]:
     """One worker busy with a Sleep job (its marker written once it runs) and the daemon started."""
     project.configure(workers=1, **config)
@@ -227,9 +236,7 @@ def test_a_job_waits_for_its_busy_worker_and_its_time_limit_starts_when_the_work
 
 def test_cancelling_a_waiting_job_takes_it_back_unrun_and_leaves_its_workers_job_running(project: Project) -> None:
     daemon, first, _ = _queued_behind(project, "2")
-    sentinel = project.root / "ran.txt"
-    second = project.submit("WriteSentinel", "handle", [str(sentinel)])
-    wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
+    second, sentinel = _waiting_sentinel(project)
     result = project.cli("cancel", second, "--config", str(project.config))
     assert result.returncode == 0, result.stderr
     wait_for(lambda: project.has("failed", second), 10, "the waiting job cancelled")
@@ -241,9 +248,7 @@ def test_cancelling_a_waiting_job_takes_it_back_unrun_and_leaves_its_workers_job
 
 def test_a_stop_puts_a_waiting_job_back_with_no_run_counted(project: Project) -> None:
     daemon, first, _ = _queued_behind(project, "1")
-    sentinel = project.root / "ran.txt"
-    second = project.submit("WriteSentinel", "handle", [str(sentinel)])
-    wait_for(lambda: project.has("running", second), 10, "the second job claimed while the first runs")
+    second, sentinel = _waiting_sentinel(project)
     assert project.stop(daemon)[0] == 0
     assert project.has("done", first)  # the running one had its grace
     back = project.doc("medium", second)  # the waiting one is back as it was submitted

@@ -85,6 +85,10 @@ class WorkerPipes:
     ended: bool = False  # its pipe reached its end: it exited, and the server's report follows
     output: str | None = None  # its output file (protocol.worker_output), known from its first request
 
+    def idle(self, max_jobs: int) -> bool:
+        """It runs nothing and can be given a job (it is not retiring, not gone)."""
+        return self.job_id is None and self.jobs < max_jobs and not self.ended
+
     def may_queue(self, size: int, max_jobs: int) -> bool:
         """A job can wait in its pipe: it is busy with one job and has none waiting, both requests fit in
         one atomic pipe write (so the pipe never fills and a request is read whole), and it is not retiring."""
@@ -146,8 +150,7 @@ class WorkerPoolLauncher(ForkServerLauncher):
     def _queue_on(self, size: int) -> WorkerPipes | None:
         """Called with the lock held: a busy worker to queue on, when none is idle and the pool is full."""
         max_jobs = self.config.max_jobs_per_worker
-        if not self._full() or any(w.job_id is None and w.jobs < max_jobs and not w.ended
-                                   for w in self.workers.values()):
+        if not self._full() or any(w.idle(max_jobs) for w in self.workers.values()):
             return None
         return next((w for w in self.workers.values() if w.may_queue(size, max_jobs)), None)
 
@@ -156,7 +159,7 @@ class WorkerPoolLauncher(ForkServerLauncher):
         self._ensure_server()  # a server that died since the last pass: its workers are gone with it
         max_jobs = self.config.max_jobs_per_worker
         for worker in self.workers.values():
-            if worker.job_id is None and worker.jobs < max_jobs and not worker.ended:
+            if worker.idle(max_jobs):
                 return worker
         self._send(worker_request())
         assert self.channel is not None
@@ -232,7 +235,7 @@ class WorkerPoolLauncher(ForkServerLauncher):
         with self.lock:
             if sum(1 for w in self.workers.values() if w.job_id is not None and not w.ended) >= self.config.workers:
                 return  # a reload made the pool smaller: an idle worker beyond it takes nothing
-            for idle in [w for w in self.workers.values() if w.job_id is None and w.jobs < max_jobs and not w.ended]:
+            for idle in [w for w in self.workers.values() if w.idle(max_jobs)]:
                 busy = next((w for w in self.workers.values() if w.queued is not None and not w.ended), None)
                 if busy is None:
                     return
