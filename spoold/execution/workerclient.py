@@ -42,8 +42,8 @@ log = logging.getLogger(__name__)
 
 
 def _write(worker: WorkerPipes, data: bytes) -> None:
-    """Write all of `data` to the worker. Its request pipe never reports EPIPE (the daemon holds a read end
-    of it too), so a write that must wait for the worker to read also watches its reply pipe: that one
+    """Write all of `data` to the worker. Its request socket never reports EPIPE (the daemon holds the
+    worker's end of it too), so a write that must wait for the worker to read also watches its reply pipe: that one
     hangs up when the worker is gone, and then BrokenPipeError, instead of waiting for ever."""
     view = memoryview(data)
     while view:

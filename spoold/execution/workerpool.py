@@ -43,8 +43,8 @@ from spoold.execution.serverloop import Server
 
 @dataclass
 class Worker:
-    """A worker as the server knows it; its pipe ends are -1 once handed to the daemon. `requests`: the read
-    end of its request pipe, which the daemon keeps too, to take back a request the worker has not read."""
+    """A worker as the server knows it; its pipe ends are -1 once handed to the daemon. `requests`: the worker's
+    end of its request socket pair, which the daemon keeps too, to take back a request it has not read."""
 
     pid: int
     to_worker: int
